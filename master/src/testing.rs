@@ -1,0 +1,233 @@
+//! Helpers for tests and benchmarks: a real etcd on loopback.
+//!
+//! [`Etcd::start`] runs a single-member etcd with its data in a temporary directory, on two free
+//! loopback ports, and returns once it answers requests. Dropping the [`Etcd`] kills it and
+//! deletes its data.
+//!
+//! The binary is `$SKIFF_ETCD_BIN` if set, else `etcd` on the `PATH` (`cluster/install-deps.sh`
+//! installs Debian's).
+
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+
+/// How long etcd may take to answer after it starts.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often to try a request while waiting.
+const READY_POLL: Duration = Duration::from_millis(100);
+/// Attempts with fresh ports when another process takes one of ours first.
+const PORT_ATTEMPTS: usize = 5;
+/// How much of etcd's log an error shows.
+const LOG_TAIL_BYTES: u64 = 4096;
+
+/// A running single-member etcd, killed on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    data_dir: tempfile::TempDir,
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts etcd and waits (at most 20 s) until it answers.
+    pub async fn start() -> anyhow::Result<Etcd> {
+        let binary = find_etcd()?;
+        let mut last_error = None;
+        for attempt in 1..=PORT_ATTEMPTS {
+            match Self::start_once(&binary).await? {
+                Ok(etcd) => return Ok(etcd),
+                Err(port_clash) => {
+                    tracing::debug!(attempt, error = %port_clash, "etcd port taken; retrying");
+                    last_error = Some(port_clash);
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context(format!(
+                "etcd could not bind free ports in {PORT_ATTEMPTS} attempts"
+            )))
+    }
+
+    /// One attempt. The outer error is final; the inner one is a port clash worth retrying.
+    async fn start_once(binary: &Path) -> anyhow::Result<anyhow::Result<Etcd>> {
+        let data_dir = tempfile::Builder::new()
+            .prefix("skiff-etcd-")
+            .tempdir()
+            .context("cannot create a temporary directory for etcd")?;
+        let client_port = free_port()?;
+        let mut peer_port = free_port()?;
+        while peer_port == client_port {
+            peer_port = free_port()?;
+        }
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log_path = data_dir.path().join("etcd.log");
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let log_err = log
+            .try_clone()
+            .with_context(|| format!("cannot reopen {}", log_path.display()))?;
+
+        let mut command = Command::new(binary);
+        command
+            .arg("--name")
+            .arg("skiff-test")
+            .arg("--data-dir")
+            .arg(data_dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("skiff-test={peer_url}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        // etcd refuses to start when an ETCD_* variable shadows a flag; keep the caller's out.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut etcd = Etcd {
+            child: Some(child),
+            data_dir,
+            endpoint: client_url,
+        };
+        tracing::debug!(endpoint = %etcd.endpoint, dir = %etcd.data_dir.path().display(), "started etcd");
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = etcd.exited()? {
+                let tail = etcd.log_tail();
+                if tail.contains("address already in use") {
+                    return Ok(Err(anyhow!(
+                        "etcd exited ({status}): a port was taken\n{tail}"
+                    )));
+                }
+                bail!("etcd exited during startup ({status}); its log ends with:\n{tail}");
+            }
+            if etcd.answers().await {
+                return Ok(Ok(etcd));
+            }
+            if Instant::now() >= deadline {
+                let tail = etcd.log_tail();
+                bail!(
+                    "etcd at {} did not answer within {READY_TIMEOUT:?}; its log ends with:\n{tail}",
+                    etcd.endpoint
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// The client endpoints, as [`crate::store::Backend::Etcd`] takes them.
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.endpoint.clone()]
+    }
+
+    /// The directory holding etcd's data and log.
+    pub fn dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The end of etcd's log (stdout and stderr), for a failure message.
+    pub fn log_tail(&self) -> String {
+        let path = self.data_dir.path().join("etcd.log");
+        let read = || -> std::io::Result<String> {
+            let mut file = File::open(&path)?;
+            let len = file.metadata()?.len();
+            file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        read().unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+    }
+
+    /// Kills etcd now (to test an unavailable store); dropping does the same.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id();
+            if let Err(e) = child.kill() {
+                tracing::warn!(pid, error = %e, "cannot kill etcd");
+            }
+            if let Err(e) = child.wait() {
+                tracing::warn!(pid, error = %e, "cannot reap etcd");
+            }
+        }
+    }
+
+    /// The exit status, if etcd has exited.
+    fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().context("cannot check on etcd"),
+            None => bail!("etcd was stopped"),
+        }
+    }
+
+    /// Whether etcd answers a read, within a second.
+    async fn answers(&self) -> bool {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(1));
+        let attempt = async {
+            let mut client =
+                etcd_client::Client::connect([self.endpoint.as_str()], Some(options)).await?;
+            client.get("/", None).await
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), attempt).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The etcd binary: `$SKIFF_ETCD_BIN`, or `etcd` on the `PATH`.
+fn find_etcd() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SKIFF_ETCD_BIN") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!(
+            "etcd not found at SKIFF_ETCD_BIN={}: run cluster/install-deps.sh",
+            path.display()
+        );
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| anyhow!("etcd not found: run cluster/install-deps.sh"))
+}
+
+/// A loopback port free right now (another process may still take it before etcd does).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("cannot bind a loopback port to find a free one")?;
+    Ok(listener
+        .local_addr()
+        .context("cannot read a bound port")?
+        .port())
+}

@@ -1,0 +1,159 @@
+//! `cargo xtask`: what cargo cannot do alone. Every command that needs system packages runs
+//! `cluster/install-deps.sh` first (quick when all is there), so each works on a fresh machine.
+//!
+//!   cargo xtask up            install, build, start skiff-master on the embedded store
+//!   cargo xtask test          install, then the whole test suite on one release build
+//!   cargo xtask bench store   the store benchmark (both backends; starts its own etcd)
+//!   cargo xtask install-deps  only the install step
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the system packages and tools Skiff needs (Debian 12, as root).
+    InstallDeps,
+    /// Install, build and start skiff-master in the foreground.
+    Up {
+        /// The master's data directory.
+        #[arg(long, default_value = "/var/lib/skiff")]
+        data_dir: PathBuf,
+        /// Extra flags for skiff-master, after `--`.
+        #[arg(last = true)]
+        master_args: Vec<String>,
+    },
+    /// Install, then run every test (unit, conformance, end-to-end) on one release build.
+    Test {
+        /// Extra arguments for the test runner, after `--` (a filter, for example).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and print its figures (record them in BENCHMARKS.md).
+    Bench {
+        #[arg(value_enum)]
+        which: Bench,
+        /// Extra arguments for the benchmark, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// The state store: writes/s, write latency, watch lag and list latency, both backends.
+    Store,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::InstallDeps => install_deps(&root),
+        Cmd::Up {
+            data_dir,
+            master_args,
+        } => {
+            install_deps(&root)?;
+            cargo(&["build", "--release", "--package", "skiff-master"])?;
+            let master = root.join("target/release/skiff-master");
+            println!(
+                "starting {} --data-dir {}",
+                master.display(),
+                data_dir.display()
+            );
+            run(Command::new(master)
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(&master_args))
+        }
+        Cmd::Test { args } => {
+            install_deps(&root)?;
+            // One release build serves the tests and the benchmarks.
+            if has_nextest() {
+                let mut cmd = vec![
+                    "nextest",
+                    "run",
+                    "--release",
+                    "--workspace",
+                    "--no-fail-fast",
+                ];
+                cmd.extend(args.iter().map(String::as_str));
+                cargo(&cmd)
+            } else {
+                let mut cmd = vec!["test", "--release", "--workspace", "--no-fail-fast"];
+                if !args.is_empty() {
+                    cmd.push("--");
+                    cmd.extend(args.iter().map(String::as_str));
+                }
+                cargo(&cmd)
+            }
+        }
+        Cmd::Bench { which, args } => {
+            install_deps(&root)?;
+            let bench = match which {
+                Bench::Store => "store",
+            };
+            let mut cmd = vec!["bench", "--package", "skiff-master", "--bench", bench, "--"];
+            cmd.extend(args.iter().map(String::as_str));
+            cargo(&cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn install_deps(root: &Path) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "this step installs system packages and needs root: run it as root (sudo -E cargo xtask ...)"
+        );
+    }
+    run(&mut Command::new(root.join("cluster/install-deps.sh")))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn has_nextest() -> bool {
+    Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
