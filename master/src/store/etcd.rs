@@ -948,3 +948,113 @@ fn to_kv_ref(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
         mod_revision: kv.mod_revision(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! What only the etcd backend has: endpoints that fail.
+
+    use futures::StreamExt as _;
+
+    use super::*;
+    use crate::store::Store as _;
+
+    fn short() -> Options {
+        Options {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_etcd_is_a_typed_error_within_the_timeout() {
+        let started = Instant::now();
+        let result = EtcdStore::connect(&["http://127.0.0.1:1".to_string()], short()).await;
+        match result {
+            Err(e) => assert!(
+                e.is_unavailable(),
+                "expected Unavailable or Timeout, got {e}"
+            ),
+            Ok(_) => panic!("connected to a port nothing listens on"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_etcd_that_goes_away_fails_requests_and_ends_watches() {
+        let mut etcd = crate::testing::Etcd::start().await.unwrap();
+        let store = EtcdStore::connect(&etcd.endpoints(), short())
+            .await
+            .unwrap();
+        store.create("/k", Bytes::from_static(b"v")).await.unwrap();
+        let mut watch = store.watch("/", None).await.unwrap();
+        etcd.stop();
+        let started = Instant::now();
+        for attempt in 0..3 {
+            match store.get("/k").await {
+                Err(e) => assert!(e.is_unavailable(), "attempt {attempt}: {e}"),
+                Ok(v) => panic!("attempt {attempt}: read {v:?} from a stopped etcd"),
+            }
+            match store.create("/k2", Bytes::new()).await {
+                Err(e) => assert!(e.is_unavailable(), "attempt {attempt}: {e}"),
+                Ok(v) => panic!("attempt {attempt}: wrote {v:?} to a stopped etcd"),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "six failed requests took {:?}",
+            started.elapsed()
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match watch.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            }
+        })
+        .await
+        .expect("the watch ends when etcd goes away");
+        if let Some(e) = ended {
+            assert!(e.is_unavailable(), "watch ended with {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_live_endpoint_among_dead_ones_serves_everything() {
+        let etcd = crate::testing::Etcd::start().await.unwrap();
+        let endpoints = vec![
+            "http://127.0.0.1:1".to_string(),
+            etcd.endpoint.clone(),
+            "http://127.0.0.1:2".to_string(),
+        ];
+        let store = EtcdStore::connect(&endpoints, short()).await.unwrap();
+        let mut watch = store.watch("/multi/", None).await.unwrap();
+        for i in 0..30 {
+            store
+                .create(&format!("/multi/{i:02}"), Bytes::new())
+                .await
+                .unwrap_or_else(|e| panic!("create {i}: {e}"));
+        }
+        let listed = store
+            .range(RangeRequest {
+                prefix: "/multi/".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.kvs.len(), 30);
+        for i in 0..30 {
+            let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .expect("event in time")
+                .expect("stream open")
+                .expect("event");
+            assert_eq!(event.kv.key, format!("/multi/{i:02}"));
+        }
+    }
+}
