@@ -208,8 +208,14 @@ async fn bench_backend(name: &str, store: Arc<dyn Store>, quick: bool) {
     }
 }
 
-/// Plain etcd `Put`s (what `etcdctl put` sends), at the same concurrency, for comparison.
-async fn etcd_raw_puts(endpoint: &str, writers: usize, total: usize) -> (f64, Histogram<u64>) {
+/// Plain etcd `Put`s (what `etcdctl put` sends), or the put-if-absent `Txn` that the backend's
+/// create sends, straight from `etcd-client` at the same concurrency: the floor the backend adds to.
+async fn etcd_raw_writes(
+    endpoint: &str,
+    writers: usize,
+    total: usize,
+    txn: bool,
+) -> (f64, Histogram<u64>) {
     let client = etcd_client::Client::connect([endpoint], None)
         .await
         .expect("connect");
@@ -226,14 +232,21 @@ async fn etcd_raw_puts(endpoint: &str, writers: usize, total: usize) -> (f64, Hi
                     if i >= total {
                         break;
                     }
+                    let key = format!("/raw/{txn}/{writers}/{i:08}");
                     let t = Instant::now();
-                    kv.put(
-                        format!("/raw/{writers}/{i:08}"),
-                        value("raw").to_vec(),
-                        None,
-                    )
-                    .await
-                    .expect("put");
+                    if txn {
+                        let absent = etcd_client::Compare::create_revision(
+                            key.clone(),
+                            etcd_client::CompareOp::Equal,
+                            0,
+                        );
+                        let put = etcd_client::TxnOp::put(key, value("raw").to_vec(), None);
+                        kv.txn(etcd_client::Txn::new().when([absent]).and_then([put]))
+                            .await
+                            .expect("txn");
+                    } else {
+                        kv.put(key, value("raw").to_vec(), None).await.expect("put");
+                    }
                     hist.record(t.elapsed().as_micros().max(1) as u64).ok();
                 }
                 hist
@@ -242,7 +255,7 @@ async fn etcd_raw_puts(endpoint: &str, writers: usize, total: usize) -> (f64, Hi
         .collect();
     let mut hist = histogram();
     for task in tasks {
-        hist.add(task.await.expect("put task")).ok();
+        hist.add(task.await.expect("write task")).ok();
     }
     (total as f64 / started.elapsed().as_secs_f64(), hist)
 }
@@ -303,10 +316,20 @@ async fn main() {
                     .unwrap_or_default();
                 bench_backend(&format!("etcd ({version})"), store, args.quick).await;
                 let scale = if args.quick { 10 } else { 1 };
-                for (writers, total) in [(1, 2000 / scale), (32, 40_000 / scale)] {
-                    let (rate, hist) = etcd_raw_puts(&etcd.endpoint, writers, total).await;
+                for (txn, writers, total) in [
+                    (false, 1, 2000 / scale),
+                    (false, 32, 40_000 / scale),
+                    (true, 1, 2000 / scale),
+                    (true, 32, 40_000 / scale),
+                ] {
+                    // A fresh etcd per baseline, as the backend's run had.
+                    let fresh = skiff_master::testing::Etcd::start()
+                        .await
+                        .expect("start etcd");
+                    let (rate, hist) = etcd_raw_writes(&fresh.endpoint, writers, total, txn).await;
+                    let what = if txn { "raw etcd Txn" } else { "raw etcd Put" };
                     println!(
-                        "raw etcd Put, {writers:>2} writer(s): {rate:>9.0} writes/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+                        "{what}, {writers:>2} writer(s): {rate:>9.0} writes/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
                         ms(&hist, 0.5),
                         ms(&hist, 0.99)
                     );
@@ -318,8 +341,12 @@ async fn main() {
                         .output()
                         .expect("run etcdctl");
                     println!("etcdctl check perf --load=l:");
-                    print!("{}", String::from_utf8_lossy(&out.stdout));
-                    print!("{}", String::from_utf8_lossy(&out.stderr));
+                    // Keep its verdict lines, not its progress bar.
+                    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                        + &String::from_utf8_lossy(&out.stderr);
+                    for line in text.lines().filter(|l| !l.contains('%')) {
+                        println!("  {line}");
+                    }
                 }
             }
             _ => unreachable!("checked in parse_args"),

@@ -15,6 +15,26 @@ pub struct Config {
     #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
     pub data_dir: PathBuf,
 
+    /// The HTTPS port of the Kubernetes API.
+    #[arg(long, env = "SKIFF_SECURE_PORT", default_value_t = 6443)]
+    pub secure_port: u16,
+
+    /// The address the API listens on.
+    #[arg(long, env = "SKIFF_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+
+    /// Where to write the admin kubeconfig (mode 0600) on start.
+    #[arg(
+        long,
+        env = "SKIFF_ADMIN_KUBECONFIG",
+        default_value = "/etc/skiff/admin.kubeconfig"
+    )]
+    pub admin_kubeconfig: PathBuf,
+
+    /// Extra names and addresses for the serving certificate (comma-separated).
+    #[arg(long, env = "SKIFF_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
     /// Use etcd instead of the embedded store: comma-separated client URLs, like
     /// `http://127.0.0.1:2379,http://127.0.0.1:22379`.
     #[arg(long, env = "SKIFF_ETCD_SERVERS", value_delimiter = ',')]

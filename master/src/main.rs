@@ -1,7 +1,8 @@
 //! `skiff-master`: the API server, scheduler and controllers in one process.
 //!
-//! This step opens the state store (embedded by default, etcd with `--etcd-servers`), keeps its
-//! history bounded, and runs until SIGTERM/SIGINT. The API server arrives in the next step.
+//! It opens the state store (embedded by default, etcd with `--etcd-servers`), keeps its history
+//! bounded, creates or loads the cluster's PKI, writes the admin kubeconfig and serves the
+//! Kubernetes API over HTTPS until SIGTERM/SIGINT.
 
 use std::time::Duration;
 
@@ -27,21 +28,34 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(config.compaction_interval_seconds),
     );
 
-    match &backend {
-        store::Backend::Embedded { path } => println!(
-            "skiff-master: state store {} at revision {revision}; inspect it with `skiff-master --help`",
-            path.display()
-        ),
-        store::Backend::Etcd { endpoints } => println!(
-            "skiff-master: state store etcd {} at revision {revision}; inspect it with \
-             `ETCDCTL_API=3 etcdctl --endpoints {} get --prefix /registry/ --keys-only`",
-            endpoints.join(","),
-            endpoints.join(",")
-        ),
-    }
-    println!("skiff-master: running until SIGTERM or Ctrl-C");
-
-    shutdown_signal().await;
+    skiff_master::api::pki::install_crypto_provider();
+    let pki_dir = config.data_dir.join("pki");
+    let pki = skiff_master::api::pki::load_or_create(&pki_dir, &config.tls_san)
+        .with_context(|| format!("cannot set up the cluster PKI in {}", pki_dir.display()))?;
+    let host = match config.bind_address {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let server_url = format!("https://{host}:{}", config.secure_port);
+    pki.write_kubeconfig(&config.admin_kubeconfig, &server_url, "admin")
+        .with_context(|| format!("cannot write {}", config.admin_kubeconfig.display()))?;
+    let state = std::sync::Arc::new(skiff_master::api::AppState {
+        store: store.clone(),
+        pki: std::sync::Arc::new(pki),
+    });
+    skiff_master::api::ensure_default_namespaces(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the default namespaces: {}", e.message))?;
+    println!(
+        "skiff-master: serving the Kubernetes API at {server_url} (store at revision {revision})"
+    );
+    println!(
+        "skiff-master: try  kubectl --kubeconfig {} get namespaces",
+        config.admin_kubeconfig.display()
+    );
+    let addr = std::net::SocketAddr::new(config.bind_address, config.secure_port);
+    skiff_master::api::serve(addr, state, shutdown_signal()).await?;
     tracing::info!("shutting down");
     compactor.abort();
     drop(store);

@@ -956,7 +956,6 @@ mod tests {
     use futures::StreamExt as _;
 
     use super::*;
-    use crate::store::Store as _;
 
     fn short() -> Options {
         Options {

@@ -1,0 +1,923 @@
+//! The resource handlers: one generic implementation of create, get, list, watch, update, patch,
+//! delete and deletecollection over the store, driven by the resource table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use serde_json::{json, Map, Value};
+
+use super::resources::Resource;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+use super::AppState;
+use crate::store::{self, RangeRequest, Revision};
+
+/// kube-apiserver's `MaxRequestBodyBytes`.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Default page size limit when a client asks for none.
+const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What a request addresses, parsed from its path.
+#[derive(Debug)]
+pub struct Target {
+    pub resource: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+impl Target {
+    fn key(&self, name: &str) -> String {
+        store::object_key(self.resource.plural, self.namespace.as_deref(), name)
+    }
+
+    fn prefix(&self) -> String {
+        store::resource_prefix(self.resource.plural, self.namespace.as_deref())
+    }
+}
+
+type Query = HashMap<String, String>;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    method: Method,
+    target: Target,
+    query: Query,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    if let Some(sub) = &target.subresource {
+        if !r.subresources.contains(&sub.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!(
+                    "the server could not find the requested resource ({}/{sub})",
+                    r.plural
+                ),
+            ));
+        }
+        if !matches!(sub.as_str(), "status") {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("{}/{sub} is not served yet by this skiff-master", r.plural),
+            ));
+        }
+    }
+    let watching = query.get("watch").is_some_and(|w| w == "1" || w == "true");
+    match (method, target.name.is_some()) {
+        (Method::GET, false) if watching => watch(state, target, query).await,
+        (Method::GET, false) => list(state, target, query).await,
+        (Method::GET, true) => get(state, target).await,
+        (Method::POST, false) => {
+            create(state, target, query, read_body(&headers, body).await?).await
+        }
+        (Method::PUT, true) => update(state, target, query, read_body(&headers, body).await?).await,
+        (Method::PATCH, true) => {
+            patch(
+                state,
+                target,
+                query,
+                &headers,
+                read_body(&headers, body).await?,
+            )
+            .await
+        }
+        (Method::DELETE, true) => {
+            delete(state, target, query, read_body(&headers, body).await?).await
+        }
+        (Method::DELETE, false) => delete_collection(state, target, query).await,
+        (method, _) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource: {method}"),
+        )),
+    }
+}
+
+/// Reads a body up to [`MAX_BODY`]; a longer one is refused with 413 as soon as that is known.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: \
+                 application/json, application/json-patch+json, application/merge-patch+json, \
+                 application/strategic-merge-patch+json (got {content_type})"
+            ),
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("the request body exceeds the limit of {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| too_large())
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn dry_run(query: &Query) -> bool {
+    query.get("dryRun").is_some_and(|v| v == "All")
+}
+
+/// Adds `resourceVersion` (the store's mod revision) to a stored object.
+fn with_version(bytes: &[u8], revision: Revision) -> Result<Value, ApiError> {
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("stored object is not JSON: {e}"),
+        )
+    })?;
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
+    }
+    Ok(value)
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    (code, axum::Json(value)).into_response()
+}
+
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A DNS-1123 subdomain: what most object names must be.
+fn check_name(name: &str) -> Option<String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ends_ok = name
+        .bytes()
+        .next()
+        .zip(name.bytes().last())
+        .is_some_and(|(a, z)| a.is_ascii_alphanumeric() && z.is_ascii_alphanumeric());
+    if name.is_empty() {
+        Some("name or generateName is required".into())
+    } else if name.len() > 253 || !ok_chars || !ends_ok {
+        Some(format!(
+            "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case \
+             alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        ))
+    } else {
+        None
+    }
+}
+
+fn random_suffix() -> String {
+    // kube-apiserver's alphabet: no vowels, no look-alikes.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    getrandom::fill(&mut bytes).unwrap_or_default();
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Checks the shape of an incoming object and its name; fills apiVersion and kind.
+fn admit(
+    target: &Target,
+    object: &mut Map<String, Value>,
+    name_from_path: Option<&str>,
+) -> Result<String, ApiError> {
+    let r = target.resource;
+    let api_version = r.api_version();
+    for (field, expected) in [("apiVersion", api_version.as_str()), ("kind", r.kind)] {
+        match object.get(field) {
+            None => {
+                object.insert(field.into(), Value::String(expected.into()));
+            }
+            Some(Value::String(s)) if s == expected => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "{field} {other} does not match the request path, which expects {expected:?}"
+                )))
+            }
+        }
+    }
+    let meta = object
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    };
+    // Namespace: the path decides; a different one in the body is an error.
+    match (&target.namespace, meta.get("namespace")) {
+        (Some(ns), Some(Value::String(body_ns))) if body_ns != ns => {
+            return Err(ApiError::bad_request(format!(
+                "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
+            )))
+        }
+        (Some(ns), _) => {
+            meta.insert("namespace".into(), Value::String(ns.clone()));
+        }
+        (None, _) => {
+            meta.remove("namespace");
+        }
+    }
+    let mut name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if let Some(path_name) = name_from_path {
+        if name.is_empty() {
+            name = path_name.to_string();
+        } else if name != path_name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({name}) does not match the name on the URL ({path_name})"
+            )));
+        }
+    }
+    if name.is_empty() {
+        if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+            name = format!("{prefix}{}", random_suffix());
+        }
+    }
+    meta.insert("name".into(), Value::String(name.clone()));
+    if let Some(problem) = check_name(&name) {
+        return Err(ApiError::invalid(
+            r.kind,
+            &name,
+            vec![("metadata.name".into(), problem)],
+        ));
+    }
+    (r.decode)(&Value::Object(object.clone())).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            r.kind, r.version, r.kind
+        ))
+    })?;
+    Ok(name)
+}
+
+/// Namespaced writes need an existing namespace that is not terminating.
+async fn check_namespace(state: &AppState, target: &Target) -> Result<(), ApiError> {
+    let Some(ns) = &target.namespace else {
+        return Ok(());
+    };
+    let found = state
+        .store
+        .get(&store::object_key("namespaces", None, ns))
+        .await?;
+    let Some(kv) = found else {
+        return Err(ApiError::not_found("namespaces", "", ns));
+    };
+    let object: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+    if object.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                target.resource.plural
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn create(
+    state: Arc<AppState>,
+    target: Target,
+    query: Query,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let mut object = parse_object(&body)?;
+    let name = admit(&target, &mut object, None)?;
+    check_namespace(&state, &target).await?;
+    let meta = object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("admit made metadata an object");
+    for field in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        meta.remove(field);
+    }
+    meta.insert(
+        "uid".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
+    meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+    meta.insert("generation".into(), json!(1));
+    if r.kind == "Namespace" {
+        object.insert("status".into(), json!({"phase": "Active"}));
+    }
+    let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if dry_run(&query) {
+        return Ok(json_response(StatusCode::CREATED, &Value::Object(object)));
+    }
+    match state.store.create(&target.key(&name), bytes.into()).await {
+        Ok(kv) => Ok(json_response(
+            StatusCode::CREATED,
+            &with_version(&kv.value, kv.mod_revision)?,
+        )),
+        Err(store::Error::AlreadyExists { .. }) => {
+            Err(ApiError::already_exists(r.plural, r.group, &name))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn get(state: Arc<AppState>, target: Target) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let name = target.name.as_deref().unwrap_or_default();
+    match state.store.get(&target.key(name)).await? {
+        Some(kv) => Ok(json_response(
+            StatusCode::OK,
+            &with_version(&kv.value, kv.mod_revision)?,
+        )),
+        None => Err(ApiError::not_found(r.plural, r.group, name)),
+    }
+}
+
+struct Filter {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn from_query(query: &Query) -> Result<Self, ApiError> {
+        Ok(Self {
+            labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+                .map_err(ApiError::bad_request)?,
+            fields: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
+                .map_err(ApiError::bad_request)?,
+        })
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object.pointer("/metadata/labels")) && self.fields.matches(object)
+    }
+}
+
+async fn list(state: Arc<AppState>, target: Target, query: Query) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let filter = Filter::from_query(&query)?;
+    let limit = match query.get("limit") {
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
+        ),
+        None => None,
+    };
+    let revision =
+        match query.get("resourceVersion").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(rv)
+                if query
+                    .get("resourceVersionMatch")
+                    .is_some_and(|m| m == "Exact") =>
+            {
+                Some(rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?)
+            }
+            // "NotOlderThan" (the default for a set version): the latest state is never older.
+            Some(_) => None,
+        };
+    let page = state
+        .store
+        .range(RangeRequest {
+            prefix: target.prefix(),
+            limit,
+            continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
+            revision,
+        })
+        .await
+        .map_err(|e| match e {
+            store::Error::Expired { .. } if query.contains_key("continue") => ApiError::new(
+                StatusCode::GONE,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter.",
+            ),
+            e => e.into(),
+        })?;
+    let mut items = Vec::with_capacity(page.kvs.len());
+    for kv in &page.kvs {
+        let object = with_version(&kv.value, kv.mod_revision)?;
+        if filter.matches(&object) {
+            items.push(object);
+        }
+    }
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(token) = page.continue_token {
+        metadata["continue"] = Value::String(token);
+        if let Some(remaining) = page.remaining {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+    }
+    let list = json!({
+        "kind": format!("{}List", r.kind),
+        "apiVersion": r.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+/// Applies an updated object over the stored one: identity and server-set fields are kept,
+/// `generation` is bumped when the spec changes.
+fn merge_update(
+    resource: &Resource,
+    current: &Value,
+    mut incoming: Map<String, Value>,
+    status_only: bool,
+) -> Map<String, Value> {
+    let mut result = current.as_object().cloned().unwrap_or_default();
+    if status_only {
+        if let Some(status) = incoming.remove("status") {
+            result.insert("status".into(), status);
+        }
+        return result;
+    }
+    let keep_status = resource.has_status();
+    let old_meta = current.get("metadata").cloned().unwrap_or_default();
+    if keep_status {
+        match current.get("status") {
+            Some(status) => incoming.insert("status".into(), status.clone()),
+            None => incoming.remove("status"),
+        };
+    }
+    let spec_changed = incoming.get("spec") != current.get("spec");
+    if let Some(meta) = incoming.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old_meta.get(field) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        meta.remove("resourceVersion");
+        let generation = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        meta.insert(
+            "generation".into(),
+            json!(if spec_changed {
+                generation + 1
+            } else {
+                generation
+            }),
+        );
+    }
+    incoming
+}
+
+/// Writes `object` over the stored version `expected` of `name`.
+async fn write_update(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    object: Map<String, Value>,
+    expected: Revision,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    (r.decode)(&Value::Object(object.clone())).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if dry_run(query) {
+        return Ok(json_response(StatusCode::OK, &Value::Object(object)));
+    }
+    // An object whose finalizers are gone after deletion was requested goes away now.
+    let deleting = object
+        .get("metadata")
+        .and_then(|m| m.get("deletionTimestamp"))
+        .is_some();
+    let finalizers_empty = object
+        .get("metadata")
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if deleting && finalizers_empty {
+        return match state.store.delete(&target.key(name), Some(expected)).await {
+            Ok(kv) => Ok(json_response(
+                StatusCode::OK,
+                &with_version(&bytes, kv.mod_revision)?,
+            )),
+            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(r.plural, r.group, name)),
+            Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(r.plural, r.group, name)),
+            Err(e) => Err(e.into()),
+        };
+    }
+    match state
+        .store
+        .update(&target.key(name), bytes.into(), Some(expected))
+        .await
+    {
+        Ok(kv) => Ok(json_response(
+            StatusCode::OK,
+            &with_version(&kv.value, kv.mod_revision)?,
+        )),
+        Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(r.plural, r.group, name)),
+        Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(r.plural, r.group, name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn update(
+    state: Arc<AppState>,
+    target: Target,
+    query: Query,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let name = target.name.clone().unwrap_or_default();
+    let mut incoming = parse_object(&body)?;
+    admit(&target, &mut incoming, Some(&name))?;
+    let sent_version = incoming
+        .get("metadata")
+        .and_then(|m| m.get("resourceVersion"))
+        .and_then(Value::as_str)
+        .map(|rv| {
+            rv.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))
+        })
+        .transpose()?;
+    let Some(kv) = state.store.get(&target.key(&name)).await? else {
+        return Err(ApiError::not_found(r.plural, r.group, &name));
+    };
+    if sent_version.is_some_and(|v| v != kv.mod_revision) {
+        return Err(ApiError::conflict(r.plural, r.group, &name));
+    }
+    let current: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+    let status_only = target.subresource.as_deref() == Some("status");
+    let merged = merge_update(r, &current, incoming, status_only);
+    write_update(&state, &target, &name, merged, kv.mod_revision, &query).await
+}
+
+async fn patch(
+    state: Arc<AppState>,
+    target: Target,
+    query: Query,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let name = target.name.clone().unwrap_or_default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    // Retry on conflicts with writers in between: a patch applies to the latest version.
+    for _ in 0..5 {
+        let Some(kv) = state.store.get(&target.key(&name)).await? else {
+            return Err(ApiError::not_found(r.plural, r.group, &name));
+        };
+        let current: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+        let mut patched = current.clone();
+        match content_type.as_str() {
+            "application/json-patch+json" => {
+                let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                json_patch::patch(&mut patched, &ops).map_err(|e| {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("the JSON patch cannot be applied: {e}"))
+                })?;
+            }
+            // Strategic merge is handled as a JSON merge patch for now: lists are replaced
+            // rather than merged by key (see ARCHITECTURE.md, "not yet").
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                json_patch::merge(&mut patched, &patch);
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"),
+                ))
+            }
+        }
+        let Value::Object(mut incoming) = patched else {
+            return Err(ApiError::bad_request("the patch did not produce an object"));
+        };
+        admit(&target, &mut incoming, Some(&name))?;
+        if let Some(rv) = incoming
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+        {
+            if rv != kv.mod_revision.to_string() {
+                return Err(ApiError::conflict(r.plural, r.group, &name));
+            }
+        }
+        let status_only = target.subresource.as_deref() == Some("status");
+        let merged = merge_update(r, &current, incoming, status_only);
+        match write_update(&state, &target, &name, merged, kv.mod_revision, &query).await {
+            Err(e)
+                if e.reason == "Conflict"
+                    && patch.pointer("/metadata/resourceVersion").is_none() =>
+            {
+                continue
+            }
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(r.plural, r.group, &name))
+}
+
+async fn delete(
+    state: Arc<AppState>,
+    target: Target,
+    query: Query,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let name = target.name.clone().unwrap_or_default();
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    let Some(kv) = state.store.get(&target.key(&name)).await? else {
+        return Err(ApiError::not_found(r.plural, r.group, &name));
+    };
+    let mut current: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+    if let Some(uid) = options
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+    {
+        if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+            return Err(ApiError::conflict(r.plural, r.group, &name));
+        }
+    }
+    if let Some(rv) = options
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        if rv != kv.mod_revision.to_string() {
+            return Err(ApiError::conflict(r.plural, r.group, &name));
+        }
+    }
+    let has_finalizers = current
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if dry_run(&query) {
+        return Ok(json_response(
+            StatusCode::OK,
+            &with_version(&kv.value, kv.mod_revision)?,
+        ));
+    }
+    if has_finalizers {
+        // Finalizers hold the object: mark it deleting; the last finalizer's removal deletes it.
+        if current.pointer("/metadata/deletionTimestamp").is_none() {
+            if let Some(meta) = current.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
+            let bytes =
+                serde_json::to_vec(&current).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            return match state
+                .store
+                .update(&target.key(&name), bytes.into(), Some(kv.mod_revision))
+                .await
+            {
+                Ok(kv) => Ok(json_response(
+                    StatusCode::OK,
+                    &with_version(&kv.value, kv.mod_revision)?,
+                )),
+                Err(store::Error::Conflict { .. }) => {
+                    Err(ApiError::conflict(r.plural, r.group, &name))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            &with_version(&kv.value, kv.mod_revision)?,
+        ));
+    }
+    match state
+        .store
+        .delete(&target.key(&name), Some(kv.mod_revision))
+        .await
+    {
+        Ok(kv) => Ok(json_response(
+            StatusCode::OK,
+            &with_version(&kv.value, kv.mod_revision)?,
+        )),
+        Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(r.plural, r.group, &name)),
+        Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(r.plural, r.group, &name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_collection(
+    state: Arc<AppState>,
+    target: Target,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let filter = Filter::from_query(&query)?;
+    let page = state
+        .store
+        .range(RangeRequest {
+            prefix: target.prefix(),
+            ..Default::default()
+        })
+        .await?;
+    let mut deleted = Vec::new();
+    for kv in page.kvs {
+        let object = with_version(&kv.value, kv.mod_revision)?;
+        if !filter.matches(&object) {
+            continue;
+        }
+        if dry_run(&query) {
+            deleted.push(object);
+            continue;
+        }
+        match state.store.delete(&kv.key, Some(kv.mod_revision)).await {
+            Ok(_) | Err(store::Error::NotFound { .. }) => deleted.push(object),
+            Err(store::Error::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": {"resourceVersion": page.revision.to_string()},
+            "items": deleted,
+        }),
+    ))
+}
+
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    line.into()
+}
+
+async fn watch(state: Arc<AppState>, target: Target, query: Query) -> Result<Response, ApiError> {
+    let filter = Filter::from_query(&query)?;
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(MAX_WATCH_TIMEOUT)
+        .min(MAX_WATCH_TIMEOUT);
+    let prefix = target.prefix();
+    let store = state.store.clone();
+    // Without a resourceVersion (or with "0"), a watch starts with the current objects as ADDED.
+    let (initial, after) = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => {
+            let all = store
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            let mut lines = Vec::new();
+            for kv in &all.kvs {
+                let object = with_version(&kv.value, kv.mod_revision)?;
+                if filter.matches(&object) {
+                    lines.push(watch_line("ADDED", &object));
+                }
+            }
+            (lines, all.revision)
+        }
+        Some(rv) => (
+            Vec::new(),
+            rv.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    let stream = match store.watch(&prefix, Some(after)).await {
+        Ok(stream) => stream,
+        Err(store::Error::Expired { .. }) => {
+            // As kube-apiserver does: a 200 stream with one ERROR event carrying 410.
+            let gone = ApiError::new(
+                StatusCode::GONE,
+                "Expired",
+                format!("too old resource version: {after}"),
+            );
+            let line = watch_line("ERROR", &gone.body());
+            return Ok(stream_response(futures::stream::iter([Ok::<
+                _,
+                std::io::Error,
+            >(line)])));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let deadline = tokio::time::sleep(timeout);
+    let events = stream.take_until(deadline).filter_map(move |item| {
+        let line = match item {
+            Ok(event) => event_line(&event, &filter),
+            Err(e) => {
+                let error: ApiError = e.into();
+                Some(watch_line("ERROR", &error.body()))
+            }
+        };
+        futures::future::ready(line.map(Ok::<_, std::io::Error>))
+    });
+    let body = futures::stream::iter(initial.into_iter().map(Ok)).chain(events);
+    Ok(stream_response(body))
+}
+
+/// A store event as a watch line, or nothing if the object (before and after) is filtered out.
+fn event_line(event: &store::Event, filter: &Filter) -> Option<Bytes> {
+    let now = (event.kind == store::EventKind::Put)
+        .then(|| with_version(&event.kv.value, event.kv.mod_revision).ok())
+        .flatten();
+    let before = event
+        .prev
+        .as_ref()
+        .and_then(|p| with_version(&p.value, p.mod_revision).ok());
+    let now_matches = now.as_ref().is_some_and(|o| filter.matches(o));
+    let before_matches = before.as_ref().is_some_and(|o| filter.matches(o));
+    match (now, now_matches, before_matches) {
+        (Some(object), true, true) => Some(watch_line("MODIFIED", &object)),
+        (Some(object), true, false) => Some(watch_line("ADDED", &object)),
+        // It left the filter (or was deleted): DELETED with its last state, at this revision.
+        (_, false, true) => {
+            let mut last = before?;
+            if let Some(meta) = last.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert(
+                    "resourceVersion".into(),
+                    Value::String(event.revision().to_string()),
+                );
+            }
+            Some(watch_line("DELETED", &last))
+        }
+        _ => None,
+    }
+}
+
+fn stream_response<S>(body: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

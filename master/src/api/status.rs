@@ -1,0 +1,152 @@
+//! Every error the API returns is a Kubernetes `Status` object with the right code and reason.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::store;
+
+/// An API error: becomes a `Status` body with `code`, `reason` and `details`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    pub fn not_found(kind: &str, group: &str, name: &str) -> Self {
+        let what = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{what} \"{name}\" not found"),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": kind}))
+    }
+
+    pub fn already_exists(kind: &str, group: &str, name: &str) -> Self {
+        let what = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        Self::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{what} \"{name}\" already exists"),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": kind}))
+    }
+
+    pub fn conflict(kind: &str, group: &str, name: &str) -> Self {
+        let what = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {what} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again"
+            ),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": kind}))
+    }
+
+    /// 422 Invalid with one cause per field.
+    pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String)>) -> Self {
+        let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        let causes: Vec<Value> = causes
+            .into_iter()
+            .map(|(field, message)| json!({"reason": "FieldValueInvalid", "message": message, "field": field}))
+            .collect();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {}", summary.join(", ")),
+        )
+        .with_details(json!({"name": name, "kind": kind, "causes": causes}))
+    }
+
+    pub fn body(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        if let Some(details) = &self.details {
+            status["details"] = details.clone();
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.code, axum::Json(self.body())).into_response()
+    }
+}
+
+/// Maps store errors that a handler did not turn into something more specific.
+impl From<store::Error> for ApiError {
+    fn from(e: store::Error) -> Self {
+        use store::Error as E;
+        match &e {
+            E::Expired { .. } => ApiError::new(StatusCode::GONE, "Expired", e.to_string()),
+            E::InvalidContinue { .. } => ApiError::bad_request(e.to_string()),
+            E::FutureRevision { .. } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!("Too large resource version: {e}"),
+            ),
+            E::Unavailable { .. } | E::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            ),
+            E::Timeout { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Timeout", e.to_string())
+            }
+            E::AlreadyExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string())
+            }
+            E::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
+            E::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("Internal error occurred: {e}"),
+            ),
+        }
+    }
+}
