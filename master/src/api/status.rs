@@ -6,6 +6,15 @@ use serde_json::{json, Value};
 
 use crate::store;
 
+/// `kind` or `kind.group`, as kube-apiserver names a resource in messages.
+fn qualified(kind: &str, group: &str) -> String {
+    if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    }
+}
+
 /// An API error: becomes a `Status` body with `code`, `reason` and `details`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -35,11 +44,7 @@ impl ApiError {
     }
 
     pub fn not_found(kind: &str, group: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
-            kind.to_string()
-        } else {
-            format!("{kind}.{group}")
-        };
+        let what = qualified(kind, group);
         Self::new(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -49,11 +54,7 @@ impl ApiError {
     }
 
     pub fn already_exists(kind: &str, group: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
-            kind.to_string()
-        } else {
-            format!("{kind}.{group}")
-        };
+        let what = qualified(kind, group);
         Self::new(
             StatusCode::CONFLICT,
             "AlreadyExists",
@@ -63,11 +64,7 @@ impl ApiError {
     }
 
     pub fn conflict(kind: &str, group: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
-            kind.to_string()
-        } else {
-            format!("{kind}.{group}")
-        };
+        let what = qualified(kind, group);
         Self::new(
             StatusCode::CONFLICT,
             "Conflict",
