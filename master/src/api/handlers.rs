@@ -177,6 +177,16 @@ fn with_version(bytes: &[u8], revision: Revision) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// A failed conditional write, as the API reports it: 409 Conflict or 404 NotFound naming the
+/// object, anything else as the store error maps.
+fn write_error(r: &Resource, name: &str, e: store::Error) -> ApiError {
+    match e {
+        store::Error::Conflict { .. } => ApiError::conflict(r.plural, r.group, name),
+        store::Error::NotFound { .. } => ApiError::not_found(r.plural, r.group, name),
+        e => e.into(),
+    }
+}
+
 fn json_response(code: StatusCode, value: &Value) -> Response {
     (code, axum::Json(value)).into_response()
 }
@@ -554,9 +564,7 @@ async fn write_update(
                 StatusCode::OK,
                 &with_version(&bytes, kv.mod_revision)?,
             )),
-            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(r.plural, r.group, name)),
-            Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(r.plural, r.group, name)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(write_error(r, name, e)),
         };
     }
     match state
@@ -568,9 +576,7 @@ async fn write_update(
             StatusCode::OK,
             &with_version(&kv.value, kv.mod_revision)?,
         )),
-        Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(r.plural, r.group, name)),
-        Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(r.plural, r.group, name)),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(write_error(r, name, e)),
     }
 }
 
@@ -743,10 +749,7 @@ async fn delete(
                     StatusCode::OK,
                     &with_version(&kv.value, kv.mod_revision)?,
                 )),
-                Err(store::Error::Conflict { .. }) => {
-                    Err(ApiError::conflict(r.plural, r.group, &name))
-                }
-                Err(e) => Err(e.into()),
+                Err(e) => Err(write_error(r, &name, e)),
             };
         }
         return Ok(json_response(
@@ -763,9 +766,7 @@ async fn delete(
             StatusCode::OK,
             &with_version(&kv.value, kv.mod_revision)?,
         )),
-        Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(r.plural, r.group, &name)),
-        Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(r.plural, r.group, &name)),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(write_error(r, &name, e)),
     }
 }
 
