@@ -1,4 +1,4 @@
-//! Helpers for tests and benchmarks: a real etcd on loopback.
+//! Helpers for tests and benchmarks: a real etcd and a real `skiff-master` on loopback.
 //!
 //! [`Etcd::start`] runs a single-member etcd with its data in a temporary directory, on two free
 //! loopback ports, and returns once it answers requests. Dropping the [`Etcd`] kills it and
@@ -146,16 +146,7 @@ impl Etcd {
 
     /// The end of etcd's log (stdout and stderr), for a failure message.
     pub fn log_tail(&self) -> String {
-        let path = self.data_dir.path().join("etcd.log");
-        let read = || -> std::io::Result<String> {
-            let mut file = File::open(&path)?;
-            let len = file.metadata()?.len();
-            file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        };
-        read().unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+        tail(&self.data_dir.path().join("etcd.log"))
     }
 
     /// Kills etcd now (to test an unavailable store); dropping does the same.
@@ -230,4 +221,127 @@ fn free_port() -> anyhow::Result<u16> {
         .local_addr()
         .context("cannot read a bound port")?
         .port())
+}
+
+/// A running `skiff-master` on loopback with its data in a temporary directory, killed on drop.
+///
+/// Integration tests pass `env!("CARGO_BIN_EXE_skiff-master")`; benchmarks pass the release
+/// binary's path.
+pub struct Master {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// The HTTPS URL, `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// The admin kubeconfig the master wrote.
+    pub kubeconfig: PathBuf,
+}
+
+impl Master {
+    /// Starts the master (on etcd if `etcd_servers` is given, else on the embedded store) and
+    /// waits (at most 30 s) until `/readyz` answers.
+    pub fn start(
+        binary: &Path,
+        etcd_servers: Option<&str>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Master> {
+        let dir = tempfile::Builder::new().prefix("skiff-master-").tempdir()?;
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        let port = free_port()?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                &port.to_string(),
+            ])
+            .arg("--admin-kubeconfig")
+            .arg(&kubeconfig)
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.path().join("master.log"))?);
+        if let Some(servers) = etcd_servers {
+            cmd.args(["--etcd-servers", servers]);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let mut master = Master {
+            child: Some(child),
+            dir,
+            url: format!("https://127.0.0.1:{port}"),
+            kubeconfig,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if master.kubeconfig.exists() && master.ready() {
+                return Ok(master);
+            }
+            if let Some(child) = master.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("skiff-master exited with {status}: {}", master.log_tail());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "skiff-master did not become ready in 30 s: {}",
+                    master.log_tail()
+                );
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
+
+    /// Whether `/readyz` answers 200 (a plain TLS request, certificate not checked).
+    fn ready(&self) -> bool {
+        Command::new("curl")
+            .args(["-ksf", "-o", "/dev/null", "--max-time", "2"])
+            .arg(format!("{}/readyz", self.url))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// The master's data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process id, for RSS and CPU readings.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last few KiB of the master's log.
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("master.log"))
+    }
+
+    /// Stops the master (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last [`LOG_TAIL_BYTES`] of a log file, or a note that it could not be read.
+fn tail(path: &Path) -> String {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return format!("(no log at {}: {e})", path.display()),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
