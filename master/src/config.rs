@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::api::allocator::{PortRange, ServiceCidr};
 use crate::store::Backend;
 
 /// Skiff's master: the Kubernetes API server, scheduler and controllers in one process.
@@ -45,6 +46,23 @@ pub struct Config {
     #[arg(long, env = "SKIFF_COMPACTION_INTERVAL_SECONDS", default_value_t = 300)]
     pub compaction_interval_seconds: u64,
 
+    /// The IPv4 range Service ClusterIPs come from (a CIDR between /12 and /29). Its first
+    /// address after the network one is reserved for the `kubernetes` Service.
+    #[arg(
+        long,
+        env = "SKIFF_SERVICE_CLUSTER_IP_RANGE",
+        default_value = "10.96.0.0/12"
+    )]
+    pub service_cluster_ip_range: String,
+
+    /// The ports NodePort and LoadBalancer Services get node ports from, `first-last`.
+    #[arg(
+        long,
+        env = "SKIFF_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
+    pub service_node_port_range: String,
+
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "SKIFF_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -71,6 +89,20 @@ impl Config {
         }
         if self.compaction_interval_seconds == 0 {
             anyhow::bail!("--compaction-interval-seconds must be at least 1");
+        }
+        if let Err(e) = ServiceCidr::parse(&self.service_cluster_ip_range) {
+            anyhow::bail!("--service-cluster-ip-range: {e}");
+        }
+        let node_ports = match PortRange::parse(&self.service_node_port_range) {
+            Ok(range) => range,
+            Err(e) => anyhow::bail!("--service-node-port-range: {e}"),
+        };
+        if node_ports.contains(self.secure_port) {
+            anyhow::bail!(
+                "--service-node-port-range {node_ports} contains --secure-port {}; \
+                 move one of them",
+                self.secure_port
+            );
         }
         Ok(())
     }
@@ -145,5 +177,45 @@ mod tests {
         );
         check(&["--log-format", "xml"], Err("is not a log format"));
         check(&["--compaction-interval-seconds", "0"], Err("at least 1"));
+    }
+
+    #[test]
+    fn service_ranges_default_like_kubernetes_and_are_validated() {
+        let config = Config::try_parse_from(["skiff-master"]).unwrap();
+        assert_eq!(config.service_cluster_ip_range, "10.96.0.0/12");
+        assert_eq!(config.service_node_port_range, "30000-32767");
+        let embedded = || {
+            Ok(Backend::Embedded {
+                path: "/var/lib/skiff/state.redb".into(),
+            })
+        };
+        check(&["--service-cluster-ip-range", "10.0.0.0/16"], embedded());
+        check(&["--service-cluster-ip-range", "172.20.0.0/29"], embedded());
+        check(&["--service-node-port-range", "20000-20099"], embedded());
+        check(&["--service-node-port-range", "30080-30080"], embedded());
+        let ip_range = |value: &str, fragment: &'static str| {
+            check(&["--service-cluster-ip-range", value], Err(fragment));
+        };
+        ip_range(
+            "10.96.0.0",
+            "--service-cluster-ip-range: \"10.96.0.0\" is not an IPv4 CIDR",
+        );
+        ip_range("10.96.0.0/33", "is not an IPv4 CIDR");
+        ip_range("10.96.0.0/x", "is not an IPv4 CIDR");
+        ip_range("fd00::/108", "is not an IPv4 CIDR");
+        ip_range("10.0.0.0/8", "must be between /12 and /29");
+        ip_range("10.96.0.0/30", "must be between /12 and /29");
+        ip_range("10.96.0.1/12", "host bits set; the network is 10.96.0.0/12");
+        let port_range = |value: &str, fragment: &'static str| {
+            check(&["--service-node-port-range", value], Err(fragment));
+        };
+        port_range(
+            "30000",
+            "--service-node-port-range: \"30000\" is not a port range",
+        );
+        port_range("32767-30000", "is not a port range");
+        port_range("0-100", "is not a port range");
+        port_range("30000-70000", "is not a port range");
+        port_range("6000-7000", "contains --secure-port 6443");
     }
 }
