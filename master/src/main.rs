@@ -28,6 +28,10 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(config.compaction_interval_seconds),
     );
 
+    // Bind before writing anything a running master may own (its kubeconfig).
+    let addr = std::net::SocketAddr::new(config.bind_address, config.secure_port);
+    let listener = skiff_master::api::bind(addr).await?;
+
     skiff_master::api::pki::install_crypto_provider();
     let pki_dir = config.data_dir.join("pki");
     let pki = skiff_master::api::pki::load_or_create(&pki_dir, &config.tls_san)
@@ -40,10 +44,20 @@ async fn main() -> anyhow::Result<()> {
     let server_url = format!("https://{host}:{}", config.secure_port);
     pki.write_kubeconfig(&config.admin_kubeconfig, &server_url, "admin")
         .with_context(|| format!("cannot write {}", config.admin_kubeconfig.display()))?;
-    let state = std::sync::Arc::new(skiff_master::api::AppState {
-        store: store.clone(),
-        pki: std::sync::Arc::new(pki),
-    });
+    let allocator = skiff_master::api::allocator::Allocator::new(
+        store.clone(),
+        &config.service_cluster_ip_range,
+        &config.service_node_port_range,
+    )?;
+    match allocator.repair().await {
+        Ok(report) => tracing::info!(?report, "service allocations checked"),
+        Err(e) => tracing::warn!(error = %e, "cannot check service allocations now"),
+    }
+    let state = std::sync::Arc::new(skiff_master::api::AppState::new(
+        store.clone(),
+        pki,
+        allocator,
+    ));
     skiff_master::api::ensure_default_namespaces(&state)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the default namespaces: {}", e.message))?;
@@ -54,8 +68,7 @@ async fn main() -> anyhow::Result<()> {
         "skiff-master: try  kubectl --kubeconfig {} get namespaces",
         config.admin_kubeconfig.display()
     );
-    let addr = std::net::SocketAddr::new(config.bind_address, config.secure_port);
-    skiff_master::api::serve(addr, state, shutdown_signal()).await?;
+    skiff_master::api::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shutting down");
     compactor.abort();
     drop(store);

@@ -9,11 +9,16 @@ use super::resources::{self, Resource, RESOURCES};
 /// The Kubernetes version whose API Skiff serves (the k8s-openapi feature it builds with).
 pub const KUBE_MINOR: &str = "33";
 
+/// `v1.33.0-skiff.<crate version>`: the Kubernetes version served, and Skiff's own.
+pub fn git_version() -> String {
+    format!("v1.{KUBE_MINOR}.0-skiff.{}", env!("CARGO_PKG_VERSION"))
+}
+
 pub async fn version() -> Json<Value> {
     Json(json!({
         "major": "1",
         "minor": KUBE_MINOR,
-        "gitVersion": format!("v1.{KUBE_MINOR}.0-skiff.{}", env!("CARGO_PKG_VERSION")),
+        "gitVersion": git_version(),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "",

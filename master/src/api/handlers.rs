@@ -3,24 +3,23 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt as _;
 use serde_json::{json, Map, Value};
 
+use super::admission;
 use super::resources::Resource;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
+use super::tables::{self, IncludeObject};
 use super::AppState;
 use crate::store::{self, RangeRequest, Revision};
 
 /// kube-apiserver's `MaxRequestBodyBytes`.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
-/// Default page size limit when a client asks for none.
-const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What a request addresses, parsed from its path.
 #[derive(Debug)]
@@ -32,16 +31,16 @@ pub struct Target {
 }
 
 impl Target {
-    fn key(&self, name: &str) -> String {
+    pub(super) fn key(&self, name: &str) -> String {
         store::object_key(self.resource.plural, self.namespace.as_deref(), name)
     }
 
-    fn prefix(&self) -> String {
+    pub(super) fn prefix(&self) -> String {
         store::resource_prefix(self.resource.plural, self.namespace.as_deref())
     }
 }
 
-type Query = HashMap<String, String>;
+pub(super) type Query = HashMap<String, String>;
 
 pub async fn handle(
     state: Arc<AppState>,
@@ -63,19 +62,21 @@ pub async fn handle(
                 ),
             ));
         }
-        if !matches!(sub.as_str(), "status") {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                format!("{}/{sub} is not served yet by this skiff-master", r.plural),
-            ));
+        if sub != "status" {
+            let body = match method {
+                Method::GET | Method::DELETE => Bytes::new(),
+                _ => read_body(&headers, body).await?,
+            };
+            return super::subresources::handle(state, method, target, query, &headers, body).await;
         }
     }
     let watching = query.get("watch").is_some_and(|w| w == "1" || w == "true");
     match (method, target.name.is_some()) {
-        (Method::GET, false) if watching => watch(state, target, query).await,
-        (Method::GET, false) => list(state, target, query).await,
-        (Method::GET, true) => get(state, target).await,
+        (Method::GET, false) if watching => {
+            super::watch::watch(state, target, query, &headers).await
+        }
+        (Method::GET, false) => list(state, target, query, &headers).await,
+        (Method::GET, true) => get(state, target, query, &headers).await,
         (Method::POST, false) => {
             create(state, target, query, read_body(&headers, body).await?).await
         }
@@ -138,7 +139,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         .map_err(|_| too_large())
 }
 
-fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "the request body is empty; send a JSON object",
@@ -155,12 +156,12 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn dry_run(query: &Query) -> bool {
+pub(super) fn dry_run(query: &Query) -> bool {
     query.get("dryRun").is_some_and(|v| v == "All")
 }
 
 /// Adds `resourceVersion` (the store's mod revision) to a stored object.
-fn with_version(bytes: &[u8], revision: Revision) -> Result<Value, ApiError> {
+pub(super) fn with_version(bytes: &[u8], revision: Revision) -> Result<Value, ApiError> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -179,7 +180,7 @@ fn with_version(bytes: &[u8], revision: Revision) -> Result<Value, ApiError> {
 
 /// A failed conditional write, as the API reports it: 409 Conflict or 404 NotFound naming the
 /// object, anything else as the store error maps.
-fn write_error(r: &Resource, name: &str, e: store::Error) -> ApiError {
+pub(super) fn write_error(r: &Resource, name: &str, e: store::Error) -> ApiError {
     match e {
         store::Error::Conflict { .. } => ApiError::conflict(r.plural, r.group, name),
         store::Error::NotFound { .. } => ApiError::not_found(r.plural, r.group, name),
@@ -187,11 +188,11 @@ fn write_error(r: &Resource, name: &str, e: store::Error) -> ApiError {
     }
 }
 
-fn json_response(code: StatusCode, value: &Value) -> Response {
+pub(super) fn json_response(code: StatusCode, value: &Value) -> Response {
     (code, axum::Json(value)).into_response()
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
@@ -232,12 +233,83 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// What a request's `fieldValidation` asks the server to do about unknown fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    fn from_query(query: &Query) -> Result<Self, ApiError> {
+        match query.get("fieldValidation").map(String::as_str) {
+            None | Some("") | Some("Warn") => Ok(Self::Warn),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some("Strict") => Ok(Self::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation {other:?} is not one of Ignore, Warn, Strict"
+            ))),
+        }
+    }
+}
+
+/// An admitted object's name, and the warnings to send back with the response.
+struct Admitted {
+    name: String,
+    warnings: Vec<String>,
+}
+
+/// Unknown fields of `object`: an error under `Strict`, warnings under `Warn`.
+fn check_fields(
+    r: &Resource,
+    object: &mut Map<String, Value>,
+    validation: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    if validation == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let openapi = super::openapi::get();
+    let Some(definition) = openapi.kind_definition(r) else {
+        return Ok(Vec::new());
+    };
+    let value = Value::Object(std::mem::take(object));
+    let unknown = openapi.unknown_fields(definition, &value);
+    if let Value::Object(map) = value {
+        *object = map;
+    }
+    let messages: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    if validation == FieldValidation::Strict && !messages.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            messages.join(", ")
+        )));
+    }
+    Ok(messages)
+}
+
+/// Adds `Warning` headers (RFC 7234 code 299, as kube-apiserver sends them).
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(warning.clone()));
+        if let Ok(value) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
 /// Checks the shape of an incoming object and its name; fills apiVersion and kind.
 fn admit(
     target: &Target,
     object: &mut Map<String, Value>,
     name_from_path: Option<&str>,
-) -> Result<String, ApiError> {
+    query: &Query,
+) -> Result<Admitted, ApiError> {
+    let validation = FieldValidation::from_query(query)?;
     let r = target.resource;
     let api_version = r.api_version();
     for (field, expected) in [("apiVersion", api_version.as_str()), ("kind", r.kind)] {
@@ -300,13 +372,9 @@ fn admit(
             vec![("metadata.name".into(), problem)],
         ));
     }
-    (r.decode)(&Value::Object(object.clone())).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: {e}",
-            r.kind, r.version, r.kind
-        ))
-    })?;
-    Ok(name)
+
+    let warnings = check_fields(r, object, validation)?;
+    Ok(Admitted { name, warnings })
 }
 
 /// Namespaced writes need an existing namespace that is not terminating.
@@ -343,7 +411,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let r = target.resource;
     let mut object = parse_object(&body)?;
-    let name = admit(&target, &mut object, None)?;
+    let Admitted { name, warnings } = admit(&target, &mut object, None, &query)?;
     check_namespace(&state, &target).await?;
     let meta = object
         .get_mut("metadata")
@@ -365,14 +433,25 @@ async fn create(
     if r.kind == "Namespace" {
         object.insert("status".into(), json!({"phase": "Active"}));
     }
-    let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut object = Value::Object(object);
+    admission::validate(r, &object, None)?;
     if dry_run(&query) {
-        return Ok(json_response(StatusCode::CREATED, &Value::Object(object)));
+        let response = json_response(StatusCode::CREATED, &object);
+        return Ok(with_warnings(response, &warnings));
     }
-    match state.store.create(&target.key(&name), bytes.into()).await {
-        Ok(kv) => Ok(json_response(
-            StatusCode::CREATED,
-            &with_version(&kv.value, kv.mod_revision)?,
+    let taken = admission::allocate(&state, r, &mut object).await?;
+    let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let result = state.store.create(&target.key(&name), bytes.into()).await;
+    if result.is_err() {
+        admission::release(&state, &taken).await;
+    }
+    match result {
+        Ok(kv) => Ok(with_warnings(
+            json_response(
+                StatusCode::CREATED,
+                &with_version(&kv.value, kv.mod_revision)?,
+            ),
+            &warnings,
         )),
         Err(store::Error::AlreadyExists { .. }) => {
             Err(ApiError::already_exists(r.plural, r.group, &name))
@@ -381,25 +460,48 @@ async fn create(
     }
 }
 
-async fn get(state: Arc<AppState>, target: Target) -> Result<Response, ApiError> {
+/// The Table rendering a request asks for with its Accept header, if any.
+fn table_format(query: &Query, headers: &HeaderMap) -> Result<Option<IncludeObject>, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if !tables::wants_table(accept) {
+        return Ok(None);
+    }
+    IncludeObject::parse(query.get("includeObject").map(String::as_str))
+        .map(Some)
+        .map_err(ApiError::bad_request)
+}
+
+async fn get(
+    state: Arc<AppState>,
+    target: Target,
+    query: Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let r = target.resource;
     let name = target.name.as_deref().unwrap_or_default();
-    match state.store.get(&target.key(name)).await? {
-        Some(kv) => Ok(json_response(
-            StatusCode::OK,
-            &with_version(&kv.value, kv.mod_revision)?,
-        )),
-        None => Err(ApiError::not_found(r.plural, r.group, name)),
+    let table = table_format(&query, headers)?;
+    let Some(kv) = state.store.get(&target.key(name)).await? else {
+        return Err(ApiError::not_found(r.plural, r.group, name));
+    };
+    let object = with_version(&kv.value, kv.mod_revision)?;
+    match table {
+        Some(include) => {
+            let meta = json!({"resourceVersion": kv.mod_revision.to_string()});
+            let rendered = tables::table(r.kind, &[object], include, meta, SystemTime::now());
+            Ok(json_response(StatusCode::OK, &rendered))
+        }
+        None => Ok(json_response(StatusCode::OK, &object)),
     }
 }
 
-struct Filter {
+/// A request's label and field selectors.
+pub(super) struct Filter {
     labels: LabelSelector,
     fields: FieldSelector,
 }
 
 impl Filter {
-    fn from_query(query: &Query) -> Result<Self, ApiError> {
+    pub(super) fn from_query(query: &Query) -> Result<Self, ApiError> {
         Ok(Self {
             labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
                 .map_err(ApiError::bad_request)?,
@@ -408,14 +510,20 @@ impl Filter {
         })
     }
 
-    fn matches(&self, object: &Value) -> bool {
+    pub(super) fn matches(&self, object: &Value) -> bool {
         self.labels.matches(object.pointer("/metadata/labels")) && self.fields.matches(object)
     }
 }
 
-async fn list(state: Arc<AppState>, target: Target, query: Query) -> Result<Response, ApiError> {
+async fn list(
+    state: Arc<AppState>,
+    target: Target,
+    query: Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let r = target.resource;
     let filter = Filter::from_query(&query)?;
+    let table = table_format(&query, headers)?;
     let limit = match query.get("limit") {
         Some(l) => Some(
             l.parse::<usize>()
@@ -469,6 +577,10 @@ async fn list(state: Arc<AppState>, target: Target, query: Query) -> Result<Resp
         if let Some(remaining) = page.remaining {
             metadata["remainingItemCount"] = json!(remaining);
         }
+    }
+    if let Some(include) = table {
+        let rendered = tables::table(r.kind, &items, include, metadata, SystemTime::now());
+        return Ok(json_response(StatusCode::OK, &rendered));
     }
     let list = json!({
         "kind": format!("{}List", r.kind),
@@ -539,14 +651,34 @@ async fn write_update(
     target: &Target,
     name: &str,
     object: Map<String, Value>,
-    expected: Revision,
+    (old, expected): (&Value, Revision),
     query: &Query,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
-    (r.decode)(&Value::Object(object.clone())).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut object = Value::Object(object);
+    admission::validate(r, &object, Some(old))?;
     if dry_run(query) {
-        return Ok(json_response(StatusCode::OK, &Value::Object(object)));
+        return Ok(json_response(StatusCode::OK, &object));
     }
+    let (taken, freed) = admission::reallocate(state, r, old, &mut object).await?;
+    let result = store_update(state, target, name, object, expected).await;
+    match &result {
+        Ok(_) => admission::release(state, &freed).await,
+        Err(_) => admission::release(state, &taken).await,
+    }
+    result
+}
+
+/// Writes an admitted update; an object whose finalizers are gone after deletion was requested
+/// is deleted instead.
+async fn store_update(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    object: Value,
+    expected: Revision,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
     // An object whose finalizers are gone after deletion was requested goes away now.
     let deleting = object
         .get("metadata")
@@ -560,10 +692,13 @@ async fn write_update(
     let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if deleting && finalizers_empty {
         return match state.store.delete(&target.key(name), Some(expected)).await {
-            Ok(kv) => Ok(json_response(
-                StatusCode::OK,
-                &with_version(&bytes, kv.mod_revision)?,
-            )),
+            Ok(kv) => {
+                admission::release(state, &admission::held(r, &object)).await;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &with_version(&bytes, kv.mod_revision)?,
+                ))
+            }
             Err(e) => Err(write_error(r, name, e)),
         };
     }
@@ -589,7 +724,7 @@ async fn update(
     let r = target.resource;
     let name = target.name.clone().unwrap_or_default();
     let mut incoming = parse_object(&body)?;
-    admit(&target, &mut incoming, Some(&name))?;
+    let admitted = admit(&target, &mut incoming, Some(&name), &query)?;
     let sent_version = incoming
         .get("metadata")
         .and_then(|m| m.get("resourceVersion"))
@@ -608,7 +743,78 @@ async fn update(
     let current: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
     let status_only = target.subresource.as_deref() == Some("status");
     let merged = merge_update(r, &current, incoming, status_only);
-    write_update(&state, &target, &name, merged, kv.mod_revision, &query).await
+    write_update(
+        &state,
+        &target,
+        &name,
+        merged,
+        (&current, kv.mod_revision),
+        &query,
+    )
+    .await
+    .map(|response| with_warnings(response, &admitted.warnings))
+}
+
+/// Applies a patch body of the request's content type to `current`; `definition` names the
+/// OpenAPI definition whose patch strategies a strategic merge follows.
+pub(super) fn apply_patch(
+    headers: &HeaderMap,
+    body: &[u8],
+    current: &Value,
+    definition: &str,
+) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    let mut patched = current.clone();
+    match content_type {
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(&mut patched, &ops).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the JSON patch cannot be applied: {e}"),
+                )
+            })?;
+        }
+        "application/merge-patch+json" => json_patch::merge(&mut patched, &patch),
+        "application/strategic-merge-patch+json" => {
+            patched = super::smp::apply(
+                current,
+                &patch,
+                definition,
+                &super::openapi::get().definitions,
+            )
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the strategic merge patch cannot be applied: {e}"),
+                )
+            })?;
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types \
+                     include: application/json-patch+json, application/merge-patch+json, \
+                     application/strategic-merge-patch+json (got {other:?})"
+                ),
+            ))
+        }
+    }
+    Ok(patched)
 }
 
 async fn patch(
@@ -620,15 +826,6 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let r = target.resource;
     let name = target.name.clone().unwrap_or_default();
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
     let patch: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     // Retry on conflicts with writers in between: a patch applies to the latest version.
@@ -637,32 +834,12 @@ async fn patch(
             return Err(ApiError::not_found(r.plural, r.group, &name));
         };
         let current: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-        let mut patched = current.clone();
-        match content_type.as_str() {
-            "application/json-patch+json" => {
-                let ops: json_patch::Patch = serde_json::from_value(patch.clone())
-                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-                json_patch::patch(&mut patched, &ops).map_err(|e| {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("the JSON patch cannot be applied: {e}"))
-                })?;
-            }
-            // Strategic merge is handled as a JSON merge patch for now: lists are replaced
-            // rather than merged by key (see ARCHITECTURE.md, "not yet").
-            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                json_patch::merge(&mut patched, &patch);
-            }
-            other => {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"),
-                ))
-            }
-        }
+        let definition = super::openapi::get().kind_definition(r).unwrap_or_default();
+        let patched = apply_patch(headers, &body, &current, definition)?;
         let Value::Object(mut incoming) = patched else {
             return Err(ApiError::bad_request("the patch did not produce an object"));
         };
-        admit(&target, &mut incoming, Some(&name))?;
+        let admitted = admit(&target, &mut incoming, Some(&name), &query)?;
         if let Some(rv) = incoming
             .get("metadata")
             .and_then(|m| m.get("resourceVersion"))
@@ -674,14 +851,23 @@ async fn patch(
         }
         let status_only = target.subresource.as_deref() == Some("status");
         let merged = merge_update(r, &current, incoming, status_only);
-        match write_update(&state, &target, &name, merged, kv.mod_revision, &query).await {
+        match write_update(
+            &state,
+            &target,
+            &name,
+            merged,
+            (&current, kv.mod_revision),
+            &query,
+        )
+        .await
+        {
             Err(e)
                 if e.reason == "Conflict"
                     && patch.pointer("/metadata/resourceVersion").is_none() =>
             {
                 continue
             }
-            other => return other,
+            other => return other.map(|response| with_warnings(response, &admitted.warnings)),
         }
     }
     Err(ApiError::conflict(r.plural, r.group, &name))
@@ -762,10 +948,13 @@ async fn delete(
         .delete(&target.key(&name), Some(kv.mod_revision))
         .await
     {
-        Ok(kv) => Ok(json_response(
-            StatusCode::OK,
-            &with_version(&kv.value, kv.mod_revision)?,
-        )),
+        Ok(kv) => {
+            admission::release(&state, &admission::held(r, &current)).await;
+            Ok(json_response(
+                StatusCode::OK,
+                &with_version(&kv.value, kv.mod_revision)?,
+            ))
+        }
         Err(e) => Err(write_error(r, &name, e)),
     }
 }
@@ -795,7 +984,11 @@ async fn delete_collection(
             continue;
         }
         match state.store.delete(&kv.key, Some(kv.mod_revision)).await {
-            Ok(_) | Err(store::Error::NotFound { .. }) => deleted.push(object),
+            Ok(_) => {
+                admission::release(&state, &admission::held(r, &object)).await;
+                deleted.push(object);
+            }
+            Err(store::Error::NotFound { .. }) => deleted.push(object),
             Err(store::Error::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -809,116 +1002,4 @@ async fn delete_collection(
             "items": deleted,
         }),
     ))
-}
-
-fn watch_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    line.into()
-}
-
-async fn watch(state: Arc<AppState>, target: Target, query: Query) -> Result<Response, ApiError> {
-    let filter = Filter::from_query(&query)?;
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(MAX_WATCH_TIMEOUT)
-        .min(MAX_WATCH_TIMEOUT);
-    let prefix = target.prefix();
-    let store = state.store.clone();
-    // Without a resourceVersion (or with "0"), a watch starts with the current objects as ADDED.
-    let (initial, after) = match query.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => {
-            let all = store
-                .range(RangeRequest {
-                    prefix: prefix.clone(),
-                    ..Default::default()
-                })
-                .await?;
-            let mut lines = Vec::new();
-            for kv in &all.kvs {
-                let object = with_version(&kv.value, kv.mod_revision)?;
-                if filter.matches(&object) {
-                    lines.push(watch_line("ADDED", &object));
-                }
-            }
-            (lines, all.revision)
-        }
-        Some(rv) => (
-            Vec::new(),
-            rv.parse::<Revision>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        ),
-    };
-    let stream = match store.watch(&prefix, Some(after)).await {
-        Ok(stream) => stream,
-        Err(store::Error::Expired { .. }) => {
-            // As kube-apiserver does: a 200 stream with one ERROR event carrying 410.
-            let gone = ApiError::new(
-                StatusCode::GONE,
-                "Expired",
-                format!("too old resource version: {after}"),
-            );
-            let line = watch_line("ERROR", &gone.body());
-            return Ok(stream_response(futures::stream::iter([Ok::<
-                _,
-                std::io::Error,
-            >(line)])));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let deadline = tokio::time::sleep(timeout);
-    let events = stream.take_until(deadline).filter_map(move |item| {
-        let line = match item {
-            Ok(event) => event_line(&event, &filter),
-            Err(e) => {
-                let error: ApiError = e.into();
-                Some(watch_line("ERROR", &error.body()))
-            }
-        };
-        futures::future::ready(line.map(Ok::<_, std::io::Error>))
-    });
-    let body = futures::stream::iter(initial.into_iter().map(Ok)).chain(events);
-    Ok(stream_response(body))
-}
-
-/// A store event as a watch line, or nothing if the object (before and after) is filtered out.
-fn event_line(event: &store::Event, filter: &Filter) -> Option<Bytes> {
-    let now = (event.kind == store::EventKind::Put)
-        .then(|| with_version(&event.kv.value, event.kv.mod_revision).ok())
-        .flatten();
-    let before = event
-        .prev
-        .as_ref()
-        .and_then(|p| with_version(&p.value, p.mod_revision).ok());
-    let now_matches = now.as_ref().is_some_and(|o| filter.matches(o));
-    let before_matches = before.as_ref().is_some_and(|o| filter.matches(o));
-    match (now, now_matches, before_matches) {
-        (Some(object), true, true) => Some(watch_line("MODIFIED", &object)),
-        (Some(object), true, false) => Some(watch_line("ADDED", &object)),
-        // It left the filter (or was deleted): DELETED with its last state, at this revision.
-        (_, false, true) => {
-            let mut last = before?;
-            if let Some(meta) = last.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert(
-                    "resourceVersion".into(),
-                    Value::String(event.revision().to_string()),
-                );
-            }
-            Some(watch_line("DELETED", &last))
-        }
-        _ => None,
-    }
-}
-
-fn stream_response<S>(body: S) -> Response
-where
-    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-{
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

@@ -6,12 +6,22 @@
 //! `/api/v1/...` or `/apis/<group>/<version>/...` into a [`handlers::Target`] → the handler for
 //! the verb reads or writes the store → JSON (or a watch stream) back; every error is a `Status`.
 
+pub mod admission;
+pub mod allocator;
 pub mod discovery;
 pub mod handlers;
+pub mod openapi;
+pub mod patch_meta;
 pub mod pki;
 pub mod resources;
 pub mod selectors;
+pub mod smp;
 pub mod status;
+pub mod subresources;
+pub mod tables;
+pub mod validation;
+pub mod watch;
+pub mod watchcache;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +46,21 @@ use status::ApiError;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub pki: Arc<pki::Pki>,
+    /// Fans one store watch per resource out to every API watcher.
+    pub watches: watchcache::WatchHub,
+    /// Service cluster IPs and node ports.
+    pub allocator: allocator::Allocator,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, pki: pki::Pki, allocator: allocator::Allocator) -> AppState {
+        AppState {
+            watches: watchcache::WatchHub::new(store.clone()),
+            store,
+            pki: Arc::new(pki),
+            allocator,
+        }
+    }
 }
 
 /// The router: public endpoints, then everything else behind authentication.
@@ -48,6 +73,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let private = Router::new()
         .route("/api", get(discovery::api_versions))
         .route("/apis", get(discovery::api_groups))
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_index))
+        .route("/openapi/v3/{*path}", get(openapi::v3_document))
         .fallback(route)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     public.merge(private).with_state(state)
@@ -128,7 +156,7 @@ async fn route(
     if resource.namespaced != namespace.is_some() && (namespace.is_some() || name.is_some()) {
         return not_found(&path);
     }
-    if (rest.len() > 4 && namespace.is_some()) || (rest.len() > 3 && namespace.is_none()) {
+    if (rest.len() > 5 && namespace.is_some()) || (rest.len() > 3 && namespace.is_none()) {
         return not_found(&path);
     }
     let target = handlers::Target {
@@ -152,18 +180,27 @@ fn not_found(path: &str) -> Response {
     .into_response()
 }
 
-/// Serves HTTPS on `addr` until `shutdown` resolves.
+/// Binds the API's listening socket, so a taken port is reported before anything is announced.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e} (is another skiff-master running? pick another port \
+             with --secure-port)"
+        )
+    })
+}
+
+/// Serves HTTPS on `listener` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tls = state.pki.rustls_server_config()?;
     let acceptor = TlsAcceptor::from(tls);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(%addr, "serving the Kubernetes API over HTTPS");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving the Kubernetes API over HTTPS");
+    }
     let app = router(state);
     tokio::pin!(shutdown);
     loop {

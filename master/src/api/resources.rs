@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination};
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -22,6 +23,9 @@ pub struct Resource {
     pub subresources: &'static [&'static str],
     /// Decodes an object into its typed form: the schema check for bodies.
     pub decode: fn(&Value) -> Result<(), String>,
+    /// Adds the kind's OpenAPI schema (and everything it refers to) to a generator; returns
+    /// the `$ref` to it.
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
 }
 
 impl Resource {
@@ -40,6 +44,10 @@ impl Resource {
     pub fn has_status(&self) -> bool {
         self.subresources.contains(&"status")
     }
+}
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
 }
 
 fn typed<T: DeserializeOwned>(value: &Value) -> Result<(), String> {
@@ -63,6 +71,7 @@ macro_rules! resource {
             categories: $cat,
             subresources: $sub,
             decode: typed::<$ty>,
+            schema: schema_of::<$ty>,
         }
     };
 }
