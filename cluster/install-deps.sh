@@ -66,6 +66,20 @@ if [ -z "${SKIFF_SKIP_BPF_LINKER:-}" ] && ! bpf-linker --version >/dev/null 2>&1
         cargo install --locked bpf-linker --no-default-features --features "llvm-$LLVM_MAJOR"
 fi
 
+# --- The official Kubernetes Python client, for master/tests/python_client.rs ------------------
+# A venv of Debian's python3 (not whichever python3 comes first on the PATH), pinned client.
+PYENV=/opt/skiff/pyenv
+KUBERNETES_PY=37.0.2
+if [ ! -x "$PYENV/bin/python3" ]; then
+    log "creating the Python venv $PYENV"
+    mkdir -p "$(dirname "$PYENV")"
+    /usr/bin/python3 -m venv "$PYENV"
+fi
+if ! "$PYENV/bin/python3" -c 'import kubernetes' >/dev/null 2>&1; then
+    log "installing kubernetes==$KUBERNETES_PY (Python client) into $PYENV"
+    "$PYENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes==$KUBERNETES_PY"
+fi
+
 # --- The kernel's filesystems the node agent uses ---------------------------------------------
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || log "could not mount bpffs at /sys/fs/bpf"
 
