@@ -3,14 +3,16 @@
 //!
 //!   cargo xtask up            install, build, start skiff-master on the embedded store
 //!   cargo xtask test          install, then the whole test suite on one release build
+//!   cargo xtask bench         list the benchmarks
 //!   cargo xtask bench store   the store benchmark (both backends; starts its own etcd)
+//!   cargo xtask bench api     the API server benchmark (a real skiff-master, both backends)
 //!   cargo xtask install-deps  only the install step
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum as _};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -38,10 +40,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark and print its figures (record them in BENCHMARKS.md).
+    /// Run a benchmark and print its figures (record them in BENCHMARKS.md); without a name,
+    /// list the benchmarks.
     Bench {
         #[arg(value_enum)]
-        which: Bench,
+        which: Option<Bench>,
         /// Extra arguments for the benchmark, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -52,6 +55,32 @@ enum Cmd {
 enum Bench {
     /// The state store: writes/s, write latency, watch lag and list latency, both backends.
     Store,
+    /// The API server, a real skiff-master driven by 32 kube clients: pod creates/s, create,
+    /// get and list latency, 100-watcher fan-out lag, the master's RSS and CPU; both backends.
+    Api,
+}
+
+impl Bench {
+    /// The bench target's name in master/Cargo.toml.
+    fn target(self) -> &'static str {
+        match self {
+            Bench::Store => "store",
+            Bench::Api => "api",
+        }
+    }
+}
+
+/// Prints each benchmark with its one-line description.
+fn list_benches() {
+    println!("benchmarks: cargo xtask bench <name> [-- <args>]");
+    for bench in Bench::value_variants() {
+        let help = bench
+            .to_possible_value()
+            .and_then(|v| v.get_help().map(ToString::to_string))
+            .unwrap_or_default();
+        println!("  {:<7} {help}", bench.target());
+    }
+    println!("arguments: --backend embedded|etcd|all (default all), --quick; api also --pods N");
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,12 +128,26 @@ fn main() -> anyhow::Result<()> {
                 cargo(&cmd)
             }
         }
-        Cmd::Bench { which, args } => {
+        Cmd::Bench { which: None, .. } => {
+            list_benches();
+            Ok(())
+        }
+        Cmd::Bench {
+            which: Some(which),
+            args,
+        } => {
             install_deps(&root)?;
-            let bench = match which {
-                Bench::Store => "store",
-            };
-            let mut cmd = vec!["bench", "--package", "skiff-master", "--bench", bench, "--"];
+            // `cargo bench` also builds the skiff-master binary in the release profile
+            // (target/release/skiff-master); the api benchmark starts that one, by the path cargo
+            // hands it in CARGO_BIN_EXE_skiff-master.
+            let mut cmd = vec![
+                "bench",
+                "--package",
+                "skiff-master",
+                "--bench",
+                which.target(),
+                "--",
+            ];
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd)
         }
