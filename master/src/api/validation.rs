@@ -3042,11 +3042,9 @@ fn secret_type(errs: &mut Errors, secret: &core::Secret, has: &dyn Fn(&str) -> b
                 }
             }
         }
-        "kubernetes.io/basic-auth" => {
-            if !has("username") && !has("password") {
-                errs.push(FieldError::required(&data.key("username"), ""));
-                errs.push(FieldError::required(&data.key("password"), ""));
-            }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            errs.push(FieldError::required(&data.key("username"), ""));
+            errs.push(FieldError::required(&data.key("password"), ""));
         }
         "kubernetes.io/ssh-auth" => require(errs, "ssh-privatekey"),
         "kubernetes.io/tls" => {
