@@ -430,10 +430,8 @@ async fn create(
     );
     meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
     meta.insert("generation".into(), json!(1));
-    if r.kind == "Namespace" {
-        object.insert("status".into(), json!({"phase": "Active"}));
-    }
     let mut object = Value::Object(object);
+    super::defaults::apply(r.kind, &mut object);
     admission::validate(r, &object, None)?;
     if dry_run(&query) {
         let response = json_response(StatusCode::CREATED, &object);
@@ -510,6 +508,10 @@ impl Filter {
         })
     }
 
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     pub(super) fn matches(&self, object: &Value) -> bool {
         self.labels.matches(object.pointer("/metadata/labels")) && self.fields.matches(object)
     }
@@ -564,18 +566,39 @@ async fn list(
             ),
             e => e.into(),
         })?;
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(token) = &page.continue_token {
+        metadata["continue"] = Value::String(token.clone());
+        if let Some(remaining) = page.remaining {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+    }
+    // The common case, a plain list without selectors, is spliced from the stored bytes
+    // without parsing them: a 30k-pod list is one buffer, not 30k trees.
+    if table.is_none() && filter.is_empty() {
+        let mut body =
+            Vec::with_capacity(page.kvs.iter().map(|kv| kv.value.len() + 32).sum::<usize>() + 256);
+        body.extend_from_slice(b"{\"kind\":");
+        serde_json::to_writer(&mut body, &format!("{}List", r.kind)).map_err(internal)?;
+        body.extend_from_slice(b",\"apiVersion\":");
+        serde_json::to_writer(&mut body, &r.api_version()).map_err(internal)?;
+        body.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut body, &metadata).map_err(internal)?;
+        body.extend_from_slice(b",\"items\":[");
+        for (i, kv) in page.kvs.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            splice_version(&mut body, &kv.value, kv.mod_revision)?;
+        }
+        body.extend_from_slice(b"]}");
+        return Ok(json_bytes(StatusCode::OK, body));
+    }
     let mut items = Vec::with_capacity(page.kvs.len());
     for kv in &page.kvs {
         let object = with_version(&kv.value, kv.mod_revision)?;
         if filter.matches(&object) {
             items.push(object);
-        }
-    }
-    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
-    if let Some(token) = page.continue_token {
-        metadata["continue"] = Value::String(token);
-        if let Some(remaining) = page.remaining {
-            metadata["remainingItemCount"] = json!(remaining);
         }
     }
     if let Some(include) = table {
@@ -589,6 +612,51 @@ async fn list(
         "items": items,
     });
     Ok(json_response(StatusCode::OK, &list))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        format!("Internal error occurred: {e}"),
+    )
+}
+
+/// Appends a stored object with `metadata.resourceVersion` set, without parsing it. Stored
+/// objects are written with sorted keys and a validated `apiVersion` and `kind`, so their first
+/// `"metadata":{` is the object's own; anything else falls back to parsing.
+fn splice_version(body: &mut Vec<u8>, stored: &[u8], revision: Revision) -> Result<(), ApiError> {
+    const META: &[u8] = b"\"metadata\":{";
+    let at = stored.windows(META.len()).position(|w| w == META);
+    let prefix_ok = at.is_some_and(|at| {
+        let head = &stored[..at];
+        !head.contains(&b'\\') && head.iter().filter(|b| **b == b'{').count() == 1
+    });
+    match at {
+        Some(at) if prefix_ok => {
+            let at = at + META.len();
+            body.extend_from_slice(&stored[..at]);
+            body.extend_from_slice(format!("\"resourceVersion\":\"{revision}\"").as_bytes());
+            // The stored metadata never holds a resourceVersion; it is not empty (it has a name).
+            if stored.get(at) != Some(&b'}') {
+                body.push(b',');
+            }
+            body.extend_from_slice(&stored[at..]);
+            Ok(())
+        }
+        _ => {
+            let object = with_version(stored, revision)?;
+            serde_json::to_writer(body, &object).map_err(internal)
+        }
+    }
+}
+
+fn json_bytes(code: StatusCode, body: Vec<u8>) -> Response {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Applies an updated object over the stored one: identity and server-set fields are kept,
@@ -656,6 +724,7 @@ async fn write_update(
 ) -> Result<Response, ApiError> {
     let r = target.resource;
     let mut object = Value::Object(object);
+    super::defaults::apply(r.kind, &mut object);
     admission::validate(r, &object, Some(old))?;
     if dry_run(query) {
         return Ok(json_response(StatusCode::OK, &object));
@@ -1002,4 +1071,27 @@ async fn delete_collection(
             "items": deleted,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spliced_versions_equal_parsed_ones() {
+        let cases = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}, "spec": {"x": "\"metadata\":{"}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}, "data": {}}),
+            json!({"kind": "Pod", "metadata": {"name": "b", "labels": {"metadata": "x"}}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "spec": {"metadata": {"name": "inner"}}}),
+            json!({"apiVersion": "v1", "kind": "Pod"}),
+        ];
+        for case in cases {
+            let stored = serde_json::to_vec(&case).unwrap();
+            let mut body = Vec::new();
+            splice_version(&mut body, &stored, 42).unwrap();
+            let spliced: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(spliced, with_version(&stored, 42).unwrap(), "{case}");
+        }
+    }
 }

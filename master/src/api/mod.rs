@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod allocator;
+pub mod defaults;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;
@@ -214,6 +215,10 @@ pub async fn serve(
                 }
             },
         };
+        // Watch events are small writes: Nagle would hold them for the peer's delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

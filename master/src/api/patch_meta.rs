@@ -282,7 +282,10 @@ pub fn lookup(definition: &str, field: &str) -> Option<&'static FieldPatchMeta> 
 mod tests {
     use super::*;
 
-    fn check(definition: &str, field: &str, expected: Option<(&str, Option<&str>)>) {
+    /// A field's strategy and merge key, or `None` for a field without one.
+    type Expected = Option<(&'static str, Option<&'static str>)>;
+
+    fn check(definition: &str, field: &str, expected: Expected) {
         let got = lookup(definition, field).map(|m| (m.strategy, m.merge_key));
         assert_eq!(got, expected, "{definition}.{field}");
     }
@@ -292,7 +295,7 @@ mod tests {
         let pod_spec = "io.k8s.api.core.v1.PodSpec";
         let container = "io.k8s.api.core.v1.Container";
         let meta = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
-        let cases: &[(&str, &str, Option<(&str, Option<&str>)>)] = &[
+        let cases: &[(&str, &str, Expected)] = &[
             (pod_spec, "containers", Some(("merge", Some("name")))),
             (pod_spec, "initContainers", Some(("merge", Some("name")))),
             (
@@ -383,7 +386,20 @@ mod tests {
     #[test]
     fn entries_match_the_schemas() {
         let defs = crate::api::smp::test_definitions();
+        // Tagged in Kubernetes but not reachable from the kinds Skiff serves (yet).
+        let unserved = [
+            "io.k8s.api.core.v1.ReplicationControllerStatus",
+            "io.k8s.api.core.v1.ComponentStatus",
+        ];
         for m in PATCH_META {
+            if unserved.contains(&m.definition) {
+                assert!(
+                    !defs.contains_key(m.definition),
+                    "{} is served now",
+                    m.definition
+                );
+                continue;
+            }
             let def = defs
                 .get(m.definition)
                 .unwrap_or_else(|| panic!("no definition {}", m.definition));

@@ -68,6 +68,11 @@ fn check_value(value: &str, whole: &str) -> Result<String, String> {
 }
 
 impl LabelSelector {
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(selector: &str) -> Result<Self, String> {
         let mut reqs = Vec::new();
         if selector.trim().is_empty() {
@@ -131,6 +136,11 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(selector: &str) -> Result<Self, String> {
         let mut terms = Vec::new();
         if selector.trim().is_empty() {

@@ -1146,6 +1146,7 @@ mod tests {
         let start = store.current_revision().await.unwrap();
         let mut watch = hub.watch("/registry/pods/", start).await.unwrap();
         let pods = write(store, "/registry/pods/a/", "p", 3).await;
+        wait_progress(&hub, "/registry/pods/", pods[2]).await;
         // The store goes away; meanwhile other resources change and history is compacted.
         flaky.down.store(true, Ordering::SeqCst);
         flaky.break_watches(0);
