@@ -384,9 +384,9 @@ fn paths<'a>(
                     operation["requestBody"] =
                         json!({"content": {"application/json": {"schema": {"$ref": schema}}}});
                 } else {
-                    operation["parameters"]
-                        .as_array_mut()
-                        .map(|p| p.push(json!({"name": "body", "in": "body", "required": true, "schema": {"$ref": schema}})));
+                    if let Some(params) = operation["parameters"].as_array_mut() {
+                        params.push(json!({"name": "body", "in": "body", "required": true, "schema": {"$ref": schema}}));
+                    }
                 }
             }
             operation
