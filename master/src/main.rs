@@ -11,6 +11,9 @@ use clap::Parser;
 use skiff_master::config::Config;
 use skiff_master::store;
 
+/// How often leaked Service allocations are looked for.
+const ALLOCATION_REPAIR_INTERVAL: Duration = Duration::from_secs(300);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -53,6 +56,21 @@ async fn main() -> anyhow::Result<()> {
         Ok(report) => tracing::info!(?report, "service allocations checked"),
         Err(e) => tracing::warn!(error = %e, "cannot check service allocations now"),
     }
+    let allocator = std::sync::Arc::new(allocator);
+    // Allocations a crash left behind are freed once they are older than the repair grace.
+    let repairer = {
+        let allocator = allocator.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ALLOCATION_REPAIR_INTERVAL);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = allocator.repair().await {
+                    tracing::warn!(error = %e, "cannot check service allocations now");
+                }
+            }
+        })
+    };
     let state = std::sync::Arc::new(skiff_master::api::AppState::new(
         store.clone(),
         pki,
@@ -71,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     skiff_master::api::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shutting down");
     compactor.abort();
+    repairer.abort();
     drop(store);
     Ok(())
 }

@@ -50,11 +50,15 @@ pub struct AppState {
     /// Fans one store watch per resource out to every API watcher.
     pub watches: watchcache::WatchHub,
     /// Service cluster IPs and node ports.
-    pub allocator: allocator::Allocator,
+    pub allocator: Arc<allocator::Allocator>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, pki: pki::Pki, allocator: allocator::Allocator) -> AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        pki: pki::Pki,
+        allocator: Arc<allocator::Allocator>,
+    ) -> AppState {
         AppState {
             watches: watchcache::WatchHub::new(store.clone()),
             store,

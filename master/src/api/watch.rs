@@ -212,6 +212,9 @@ pub(super) async fn watch(
                     passed = passed.max(event.revision());
                     event_line(&event, &filter, &mut encoder).map(|l| (l, false))
                 }
+                // A watcher that fell behind the shared feed: close quietly, so the client
+                // resumes from the last version it saw (and is told 410 only if that is gone).
+                Item::Event(Err(store::Error::Expired { .. })) => Some((Bytes::new(), true)),
                 Item::Event(Err(e)) => {
                     let error: ApiError = e.into();
                     Some((line("ERROR", &error.body()), true))
@@ -227,6 +230,7 @@ pub(super) async fn watch(
         // An ERROR ends the watch: the client resumes or re-lists.
         .scan(false, |ended, (line, last)| {
             let out = (!*ended).then_some(Ok::<_, std::io::Error>(line));
+            // (An empty line ends the watch without writing anything.)
             *ended |= last;
             futures::future::ready(out)
         });
