@@ -289,6 +289,35 @@ async fn malformed_input_gets_4xx_and_loses_nothing() {
             )
             .await;
     }
+    for (what, body) in [
+        (
+            "a bad propagation policy",
+            br#"{"propagationPolicy":"Sometimes"}"#.to_vec(),
+        ),
+        (
+            "a negative grace period",
+            br#"{"gracePeriodSeconds":-5}"#.to_vec(),
+        ),
+        (
+            "DeleteOptions of the wrong shape",
+            br#"{"preconditions":"x"}"#.to_vec(),
+        ),
+        ("DeleteOptions that are not JSON", b"{".to_vec()),
+    ] {
+        let path = format!("{PODS}/keep");
+        probe
+            .refused(what, "DELETE", &path, "application/json", body)
+            .await;
+    }
+    probe
+        .refused(
+            "dryRun=Some",
+            "POST",
+            &format!("{PODS}?dryRun=Some"),
+            "application/json",
+            serde_json::to_vec(&pod()).unwrap(),
+        )
+        .await;
     for path in [
         "/apis/frobs.example.com/v1/frobs",
         "/api/v2/pods",

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize as _;
 use serde_json::{json, Map, Value};
 
 use super::admission;
@@ -51,6 +52,7 @@ pub async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
+    check_dry_run(&query)?;
     if let Some(sub) = &target.subresource {
         if !r.subresources.contains(&sub.as_str()) {
             return Err(ApiError::new(
@@ -152,6 +154,58 @@ pub(super) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError>
         )),
         Err(e) => Err(ApiError::bad_request(format!(
             "the request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// DeleteOptions as kube-apiserver checks them: a known propagation policy, a grace period of
+/// at least zero, a typed body. (The policies' effects on dependents need the garbage
+/// collector, which comes with the controllers; see ARCHITECTURE.md.)
+fn check_delete_options(r: &Resource, name: &str, options: &Value) -> Result<(), ApiError> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
+    let typed = DeleteOptions::deserialize(options)
+        .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+    let mut errors = Vec::new();
+    if let Some(policy) = typed.propagation_policy.as_deref() {
+        if !matches!(policy, "Orphan" | "Background" | "Foreground") {
+            errors.push(super::validation::FieldError {
+                field: "propagationPolicy".into(),
+                reason: "FieldValueNotSupported",
+                message: format!(
+                    "Unsupported value: {policy:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            });
+        }
+    }
+    if typed.orphan_dependents.is_some() && typed.propagation_policy.is_some() {
+        errors.push(super::validation::FieldError {
+            field: "propagationPolicy".into(),
+            reason: "FieldValueInvalid",
+            message:
+                "Invalid value: \"\": orphanDependents and deletionPropagation cannot be both set"
+                    .into(),
+        });
+    }
+    if typed.grace_period_seconds.is_some_and(|g| g < 0) {
+        errors.push(super::validation::FieldError {
+            field: "gracePeriodSeconds".into(),
+            reason: "FieldValueInvalid",
+            message: "Invalid value: must be greater than or equal to 0".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(admission::invalid(r, name, &errors))
+    }
+}
+
+/// Checks `dryRun`: only `All` is a dry run; anything else but absence is refused.
+fn check_dry_run(query: &Query) -> Result<(), ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") | Some("All") => Ok(()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unsupported dryRun value {other:?}: the only supported value is \"All\""
         ))),
     }
 }
@@ -956,6 +1010,7 @@ async fn delete(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
+    check_delete_options(r, &name, &options)?;
     let Some(kv) = state.store.get(&target.key(&name)).await? else {
         return Err(ApiError::not_found(r.plural, r.group, &name));
     };
