@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use serde::Deserialize as _;
 use serde_json::{json, Map, Value};
 
@@ -602,6 +603,12 @@ async fn list(
             // "NotOlderThan" (the default for a set version): the latest state is never older.
             Some(_) => None,
         };
+    // A plain full list (no selectors, no page size, no Table) is streamed page by page from one
+    // snapshot, so its memory is one page, not the whole collection.
+    let whole = limit.is_none() && revision.is_none() && !query.contains_key("continue");
+    if whole && table.is_none() && filter.is_empty() {
+        return stream_list(state, target).await;
+    }
     let page = state
         .store
         .range(RangeRequest {
@@ -666,6 +673,93 @@ async fn list(
         "items": items,
     });
     Ok(json_response(StatusCode::OK, &list))
+}
+
+/// How many objects a streamed list reads from the store at a time.
+const LIST_CHUNK: usize = 1000;
+
+/// Items of one page, each spliced with its resourceVersion, comma-separated; `first` says no
+/// comma goes before the first one.
+fn page_items(kvs: &[store::KeyValue], first: bool) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(kvs.iter().map(|kv| kv.value.len() + 32).sum::<usize>());
+    for (i, kv) in kvs.iter().enumerate() {
+        if i > 0 || !first {
+            out.push(b',');
+        }
+        splice_version(&mut out, &kv.value, kv.mod_revision)?;
+    }
+    Ok(out)
+}
+
+/// A whole collection as one `<Kind>List`, read in [`LIST_CHUNK`] pages pinned to the first
+/// page's revision and written as they come. A failure after the first page ends the body
+/// early, which clients see as a broken response and retry.
+async fn stream_list(state: Arc<AppState>, target: Target) -> Result<Response, ApiError> {
+    let r = target.resource;
+    let prefix = target.prefix();
+    let first = state
+        .store
+        .range(RangeRequest {
+            prefix: prefix.clone(),
+            limit: Some(LIST_CHUNK),
+            ..Default::default()
+        })
+        .await?;
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"{\"kind\":");
+    serde_json::to_writer(&mut head, &format!("{}List", r.kind)).map_err(internal)?;
+    head.extend_from_slice(b",\"apiVersion\":");
+    serde_json::to_writer(&mut head, &r.api_version()).map_err(internal)?;
+    head.extend_from_slice(b",\"metadata\":");
+    let metadata = json!({"resourceVersion": first.revision.to_string()});
+    serde_json::to_writer(&mut head, &metadata).map_err(internal)?;
+    head.extend_from_slice(b",\"items\":[");
+    head.extend(page_items(&first.kvs, true)?);
+    let empty = first.kvs.is_empty();
+    let rest = futures::stream::unfold(
+        (first.continue_token, empty, false),
+        move |(token, mut empty, done)| {
+            let store = state.store.clone();
+            let prefix = prefix.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let Some(token) = token else {
+                    return Some((Ok(Bytes::from_static(b"]}")), (None, empty, true)));
+                };
+                let request = RangeRequest {
+                    prefix,
+                    limit: Some(LIST_CHUNK),
+                    continue_token: Some(token),
+                    revision: None,
+                };
+                match store.range(request).await {
+                    Ok(page) => {
+                        let chunk = page_items(&page.kvs, empty).unwrap_or_default();
+                        empty &= page.kvs.is_empty();
+                        Some((Ok(Bytes::from(chunk)), (page.continue_token, empty, false)))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a streamed list failed after its first page");
+                        Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (None, empty, true),
+                        ))
+                    }
+                }
+            }
+        },
+    );
+    let body = futures::stream::once(futures::future::ready(Ok::<_, std::io::Error>(
+        Bytes::from(head),
+    )))
+    .chain(rest);
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
