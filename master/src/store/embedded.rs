@@ -807,6 +807,12 @@ impl Shared {
                     }
                     pending.next().and_then(|(_, kv)| kv)
                 }
+                // Past the page only the count matters: skip decoding.
+                (Some(_), _) if kvs.len() >= limit => {
+                    latest.next();
+                    total += 1;
+                    continue;
+                }
                 (Some(l), _) => {
                     let Some(Ok((_, v))) = latest.next() else {
                         unreachable!("peeked a key")
