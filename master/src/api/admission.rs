@@ -2,7 +2,7 @@
 //! field causes) and the Service allocations (cluster IP, node ports).
 
 use axum::http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::allocator::{AllocError, Allocation};
 use super::resources::Resource;
@@ -27,28 +27,9 @@ pub(super) fn validate(r: &Resource, object: &Value, old: Option<&Value>) -> Res
     }
 }
 
-/// 422 Invalid, worded as kube-apiserver words it.
+/// 422 Invalid for an object of `r`.
 pub(super) fn invalid(r: &Resource, name: &str, errors: &[FieldError]) -> ApiError {
-    let what = if r.group.is_empty() {
-        r.kind.to_string()
-    } else {
-        format!("{}.{}", r.kind, r.group)
-    };
-    let summary: Vec<String> = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect();
-    let causes: Vec<Value> = errors
-        .iter()
-        .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
-        .collect();
-    let message = match summary.as_slice() {
-        [one] => format!("{what} \"{name}\" is invalid: {one}"),
-        many => format!("{what} \"{name}\" is invalid: [{}]", many.join(", ")),
-    };
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message).with_details(json!({
-        "name": name, "group": r.group, "kind": r.kind, "causes": causes,
-    }))
+    ApiError::invalid(r.kind, r.group, name, errors)
 }
 
 fn alloc_error(r: &Resource, name: &str, e: AllocError) -> ApiError {

@@ -255,28 +255,6 @@ pub(super) fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// A DNS-1123 subdomain: what most object names must be.
-fn check_name(name: &str) -> Option<String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let ends_ok = name
-        .bytes()
-        .next()
-        .zip(name.bytes().last())
-        .is_some_and(|(a, z)| a.is_ascii_alphanumeric() && z.is_ascii_alphanumeric());
-    if name.is_empty() {
-        Some("name or generateName is required".into())
-    } else if name.len() > 253 || !ok_chars || !ends_ok {
-        Some(format!(
-            "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case \
-             alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-        ))
-    } else {
-        None
-    }
-}
-
 fn random_suffix() -> String {
     // kube-apiserver's alphabet: no vowels, no look-alikes.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -420,13 +398,6 @@ fn admit(
         }
     }
     meta.insert("name".into(), Value::String(name.clone()));
-    if let Some(problem) = check_name(&name) {
-        return Err(ApiError::invalid(
-            r.kind,
-            &name,
-            vec![("metadata.name".into(), problem)],
-        ));
-    }
 
     let warnings = check_fields(r, object, validation)?;
     Ok(Admitted { name, warnings })
@@ -637,21 +608,8 @@ async fn list(
     // The common case, a plain list without selectors, is spliced from the stored bytes
     // without parsing them: a 30k-pod list is one buffer, not 30k trees.
     if table.is_none() && filter.is_empty() {
-        let mut body =
-            Vec::with_capacity(page.kvs.iter().map(|kv| kv.value.len() + 32).sum::<usize>() + 256);
-        body.extend_from_slice(b"{\"kind\":");
-        serde_json::to_writer(&mut body, &format!("{}List", r.kind)).map_err(internal)?;
-        body.extend_from_slice(b",\"apiVersion\":");
-        serde_json::to_writer(&mut body, &r.api_version()).map_err(internal)?;
-        body.extend_from_slice(b",\"metadata\":");
-        serde_json::to_writer(&mut body, &metadata).map_err(internal)?;
-        body.extend_from_slice(b",\"items\":[");
-        for (i, kv) in page.kvs.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            splice_version(&mut body, &kv.value, kv.mod_revision)?;
-        }
+        let mut body = list_head(r, &metadata)?;
+        body.extend(page_items(&page.kvs, true)?);
         body.extend_from_slice(b"]}");
         return Ok(json_bytes(StatusCode::OK, body));
     }
@@ -677,6 +635,19 @@ async fn list(
 
 /// How many objects a streamed list reads from the store at a time.
 const LIST_CHUNK: usize = 1000;
+
+/// The start of a `<Kind>List` body, up to and including the `[` of its items.
+fn list_head(r: &Resource, metadata: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"{\"kind\":");
+    serde_json::to_writer(&mut head, &format!("{}List", r.kind)).map_err(internal)?;
+    head.extend_from_slice(b",\"apiVersion\":");
+    serde_json::to_writer(&mut head, &r.api_version()).map_err(internal)?;
+    head.extend_from_slice(b",\"metadata\":");
+    serde_json::to_writer(&mut head, metadata).map_err(internal)?;
+    head.extend_from_slice(b",\"items\":[");
+    Ok(head)
+}
 
 /// Items of one page, each spliced with its resourceVersion, comma-separated; `first` says no
 /// comma goes before the first one.
@@ -705,15 +676,8 @@ async fn stream_list(state: Arc<AppState>, target: Target) -> Result<Response, A
             ..Default::default()
         })
         .await?;
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"{\"kind\":");
-    serde_json::to_writer(&mut head, &format!("{}List", r.kind)).map_err(internal)?;
-    head.extend_from_slice(b",\"apiVersion\":");
-    serde_json::to_writer(&mut head, &r.api_version()).map_err(internal)?;
-    head.extend_from_slice(b",\"metadata\":");
     let metadata = json!({"resourceVersion": first.revision.to_string()});
-    serde_json::to_writer(&mut head, &metadata).map_err(internal)?;
-    head.extend_from_slice(b",\"items\":[");
+    let mut head = list_head(r, &metadata)?;
     head.extend(page_items(&first.kvs, true)?);
     let empty = first.kvs.is_empty();
     let rest = futures::stream::unfold(

@@ -3,8 +3,6 @@
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination};
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 /// One resource, as discovery describes it.
 #[derive(Debug)]
@@ -21,8 +19,6 @@ pub struct Resource {
     pub categories: &'static [&'static str],
     /// Subresources served besides the object itself (`status`, `scale`, …).
     pub subresources: &'static [&'static str],
-    /// Decodes an object into its typed form: the schema check for bodies.
-    pub decode: fn(&Value) -> Result<(), String>,
     /// Adds the kind's OpenAPI schema (and everything it refers to) to a generator; returns
     /// the `$ref` to it.
     pub schema: fn(&mut SchemaGenerator) -> Schema,
@@ -50,10 +46,6 @@ fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
-fn typed<T: DeserializeOwned>(value: &Value) -> Result<(), String> {
-    T::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
-}
-
 const ALL: &[&str] = &["all"];
 const NONE: &[&str] = &[];
 
@@ -70,7 +62,6 @@ macro_rules! resource {
             short_names: $short,
             categories: $cat,
             subresources: $sub,
-            decode: typed::<$ty>,
             schema: schema_of::<$ty>,
         }
     };
@@ -137,18 +128,6 @@ pub fn groups() -> Vec<(&'static str, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_resource_decodes_a_minimal_object_and_rejects_wrong_types() {
-        for r in RESOURCES {
-            let minimal = serde_json::json!({
-                "apiVersion": r.api_version(), "kind": r.kind, "metadata": {"name": "x"}
-            });
-            (r.decode)(&minimal).unwrap_or_else(|e| panic!("{}: {e}", r.kind));
-            let wrong = serde_json::json!({"metadata": {"name": 5}});
-            assert!((r.decode)(&wrong).is_err(), "{}", r.kind);
-        }
-    }
 
     #[test]
     fn lookups() {

@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::validation::FieldError;
 use crate::store;
 
 /// `kind` or `kind.group`, as kube-apiserver names a resource in messages.
@@ -76,19 +77,24 @@ impl ApiError {
         .with_details(json!({"name": name, "group": group, "kind": kind}))
     }
 
-    /// 422 Invalid with one cause per field.
-    pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String)>) -> Self {
-        let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        let causes: Vec<Value> = causes
-            .into_iter()
-            .map(|(field, message)| json!({"reason": "FieldValueInvalid", "message": message, "field": field}))
+    /// 422 Invalid with one cause per field error, worded as kube-apiserver words it.
+    pub fn invalid(kind: &str, group: &str, name: &str, errors: &[FieldError]) -> Self {
+        let summary: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
             .collect();
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!("{kind} \"{name}\" is invalid: {}", summary.join(", ")),
-        )
-        .with_details(json!({"name": name, "kind": kind, "causes": causes}))
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
+            .collect();
+        let what = qualified(kind, group);
+        let message = match summary.as_slice() {
+            [one] => format!("{what} \"{name}\" is invalid: {one}"),
+            many => format!("{what} \"{name}\" is invalid: [{}]", many.join(", ")),
+        };
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message).with_details(json!({
+            "name": name, "group": group, "kind": kind, "causes": causes,
+        }))
     }
 
     pub fn body(&self) -> Value {

@@ -14,6 +14,7 @@ use super::handlers::{
     Target,
 };
 use super::status::ApiError;
+use super::validation::FieldError;
 use super::AppState;
 use crate::store::{self, Revision};
 
@@ -150,9 +151,10 @@ async fn put_scale(
             _ => {
                 return Err(ApiError::invalid(
                     "Scale",
+                    "autoscaling",
                     &name,
-                    vec![(
-                        "spec.replicas".into(),
+                    &[FieldError::invalid_with(
+                        "spec.replicas",
                         format!("Invalid value: {v}: must be greater than or equal to 0"),
                     )],
                 ))
@@ -241,8 +243,13 @@ async fn bind(
     if node.is_empty() {
         return Err(ApiError::invalid(
             "Binding",
+            "",
             &name,
-            vec![("target.name".into(), "Required value".into())],
+            &[FieldError {
+                field: "target.name".into(),
+                reason: "FieldValueRequired",
+                message: "Required value".into(),
+            }],
         ));
     }
     for _ in 0..5 {

@@ -156,6 +156,15 @@ impl<T: Serialize> Render for Json<'_, T> {
 }
 
 impl FieldError {
+    /// A `FieldValueInvalid` error with a message of the caller's own.
+    pub fn invalid_with(field: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.to_string(),
+            reason: "FieldValueInvalid",
+            message: message.into(),
+        }
+    }
+
     fn new(path: &Path, reason: &'static str, message: String) -> Self {
         FieldError {
             field: path.to_string(),

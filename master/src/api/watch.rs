@@ -22,6 +22,7 @@ use super::handlers::{with_version, Filter, Query, Target};
 use super::resources::Resource;
 use super::status::ApiError;
 use super::tables::{self, IncludeObject};
+use super::validation::FieldError;
 use super::AppState;
 use crate::store::{self, RangeRequest, Revision};
 
@@ -124,13 +125,15 @@ pub(super) async fn watch(
     {
         return Err(ApiError::invalid(
             r.kind,
+            r.group,
             "",
-            vec![(
-                "sendInitialEvents".into(),
-                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to \
-                 NotOlderThan and allowWatchBookmarks to true"
+            &[FieldError {
+                field: "sendInitialEvents".into(),
+                reason: "FieldValueForbidden",
+                message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to \
+                          NotOlderThan and allowWatchBookmarks to true"
                     .into(),
-            )],
+            }],
         ));
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
