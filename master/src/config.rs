@@ -66,6 +66,9 @@ pub struct Config {
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "SKIFF_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    #[command(flatten)]
+    pub controllers: crate::controllers::Config,
 }
 
 impl Config {

@@ -3,5 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod controllers;
+pub mod scheduler;
 pub mod store;
 pub mod testing;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use skiff_master::config::Config;
+use skiff_master::controllers::ControlPlane;
 use skiff_master::store;
 
 /// How often leaked Service allocations are looked for.
@@ -86,12 +87,38 @@ async fn main() -> anyhow::Result<()> {
         "skiff-master: try  kubectl --kubeconfig {} get namespaces",
         config.admin_kubeconfig.display()
     );
-    skiff_master::api::serve(listener, state, shutdown_signal()).await?;
+    let server = tokio::spawn(skiff_master::api::serve(listener, state, shutdown_signal()));
+    let control_plane = match control_plane_client(&config.admin_kubeconfig).await {
+        Ok(client) => Some(ControlPlane::spawn(client, config.controllers.clone())),
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "cannot start the scheduler and controllers"
+            );
+            None
+        }
+    };
+    let served = server.await;
     tracing::info!("shutting down");
+    if let Some(control_plane) = control_plane {
+        control_plane.stop().await;
+    }
+    served.context("the API server task failed")??;
     compactor.abort();
     repairer.abort();
     drop(store);
     Ok(())
+}
+
+/// A client to this master's own API, as the admin: the scheduler and controllers write through
+/// the same path as any client.
+async fn control_plane_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("cannot read {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("cannot use the admin kubeconfig")?;
+    kube::Client::try_from(config).context("cannot build the API client")
 }
 
 fn init_tracing(format: &str) {
