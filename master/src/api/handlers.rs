@@ -9,7 +9,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use serde::Deserialize as _;
 use serde_json::{json, Map, Value};
 
 use super::admission;
@@ -95,9 +94,12 @@ pub async fn handle(
             .await
         }
         (Method::DELETE, true) => {
-            delete(state, target, query, read_body(&headers, body).await?).await
+            super::deletion::delete(state, target, query, read_body(&headers, body).await?).await
         }
-        (Method::DELETE, false) => delete_collection(state, target, query).await,
+        (Method::DELETE, false) => {
+            let body = read_body(&headers, body).await?;
+            super::deletion::delete_collection(state, target, query, body).await
+        }
         (method, _) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -159,48 +161,6 @@ pub(super) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError>
     }
 }
 
-/// DeleteOptions as kube-apiserver checks them: a known propagation policy, a grace period of
-/// at least zero, a typed body. (The policies' effects on dependents need the garbage
-/// collector, which comes with the controllers; see ARCHITECTURE.md.)
-fn check_delete_options(r: &Resource, name: &str, options: &Value) -> Result<(), ApiError> {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
-    let typed = DeleteOptions::deserialize(options)
-        .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
-    let mut errors = Vec::new();
-    if let Some(policy) = typed.propagation_policy.as_deref() {
-        if !matches!(policy, "Orphan" | "Background" | "Foreground") {
-            errors.push(super::validation::FieldError {
-                field: "propagationPolicy".into(),
-                reason: "FieldValueNotSupported",
-                message: format!(
-                    "Unsupported value: {policy:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
-                ),
-            });
-        }
-    }
-    if typed.orphan_dependents.is_some() && typed.propagation_policy.is_some() {
-        errors.push(super::validation::FieldError {
-            field: "propagationPolicy".into(),
-            reason: "FieldValueInvalid",
-            message:
-                "Invalid value: \"\": orphanDependents and deletionPropagation cannot be both set"
-                    .into(),
-        });
-    }
-    if typed.grace_period_seconds.is_some_and(|g| g < 0) {
-        errors.push(super::validation::FieldError {
-            field: "gracePeriodSeconds".into(),
-            reason: "FieldValueInvalid",
-            message: "Invalid value: must be greater than or equal to 0".into(),
-        });
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(admission::invalid(r, name, &errors))
-    }
-}
-
 /// Checks `dryRun`: only `All` is a dry run; anything else but absence is refused.
 fn check_dry_run(query: &Query) -> Result<(), ApiError> {
     match query.get("dryRun").map(String::as_str) {
@@ -248,10 +208,14 @@ pub(super) fn json_response(code: StatusCode, value: &Value) -> Response {
 }
 
 pub(super) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    now.format(&time::format_description::well_known::Rfc3339)
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// A timestamp as the API writes them: RFC 3339 in whole seconds.
+pub(super) fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.replace_nanosecond(0)
+        .unwrap_or(at)
+        .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -860,11 +824,13 @@ async fn store_update(
     expected: Revision,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
-    // An object whose finalizers are gone after deletion was requested goes away now.
+    // An object whose finalizers are gone after deletion was requested goes away now, unless a
+    // graceful deletion (a pod's, grace above 0) is still running: its final DELETE removes it.
     let deleting = object
         .get("metadata")
-        .and_then(|m| m.get("deletionTimestamp"))
-        .is_some();
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        == Some(0);
     let finalizers_empty = object
         .get("metadata")
         .and_then(|m| m.get("finalizers"))
@@ -1052,138 +1018,6 @@ async fn patch(
         }
     }
     Err(ApiError::conflict(r.plural, r.group, &name))
-}
-
-async fn delete(
-    state: Arc<AppState>,
-    target: Target,
-    query: Query,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let r = target.resource;
-    let name = target.name.clone().unwrap_or_default();
-    let options: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
-    };
-    check_delete_options(r, &name, &options)?;
-    let Some(kv) = state.store.get(&target.key(&name)).await? else {
-        return Err(ApiError::not_found(r.plural, r.group, &name));
-    };
-    let mut current: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-    if let Some(uid) = options
-        .pointer("/preconditions/uid")
-        .and_then(Value::as_str)
-    {
-        if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-            return Err(ApiError::conflict(r.plural, r.group, &name));
-        }
-    }
-    if let Some(rv) = options
-        .pointer("/preconditions/resourceVersion")
-        .and_then(Value::as_str)
-    {
-        if rv != kv.mod_revision.to_string() {
-            return Err(ApiError::conflict(r.plural, r.group, &name));
-        }
-    }
-    let has_finalizers = current
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
-    if dry_run(&query) {
-        return Ok(json_response(
-            StatusCode::OK,
-            &with_version(&kv.value, kv.mod_revision)?,
-        ));
-    }
-    if has_finalizers {
-        // Finalizers hold the object: mark it deleting; the last finalizer's removal deletes it.
-        if current.pointer("/metadata/deletionTimestamp").is_none() {
-            if let Some(meta) = current.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            }
-            let bytes =
-                serde_json::to_vec(&current).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            return match state
-                .store
-                .update(&target.key(&name), bytes.into(), Some(kv.mod_revision))
-                .await
-            {
-                Ok(kv) => Ok(json_response(
-                    StatusCode::OK,
-                    &with_version(&kv.value, kv.mod_revision)?,
-                )),
-                Err(e) => Err(write_error(r, &name, e)),
-            };
-        }
-        return Ok(json_response(
-            StatusCode::OK,
-            &with_version(&kv.value, kv.mod_revision)?,
-        ));
-    }
-    match state
-        .store
-        .delete(&target.key(&name), Some(kv.mod_revision))
-        .await
-    {
-        Ok(kv) => {
-            admission::release(&state, &admission::held(r, &current)).await;
-            Ok(json_response(
-                StatusCode::OK,
-                &with_version(&kv.value, kv.mod_revision)?,
-            ))
-        }
-        Err(e) => Err(write_error(r, &name, e)),
-    }
-}
-
-async fn delete_collection(
-    state: Arc<AppState>,
-    target: Target,
-    query: Query,
-) -> Result<Response, ApiError> {
-    let r = target.resource;
-    let filter = Filter::from_query(&query)?;
-    let page = state
-        .store
-        .range(RangeRequest {
-            prefix: target.prefix(),
-            ..Default::default()
-        })
-        .await?;
-    let mut deleted = Vec::new();
-    for kv in page.kvs {
-        let object = with_version(&kv.value, kv.mod_revision)?;
-        if !filter.matches(&object) {
-            continue;
-        }
-        if dry_run(&query) {
-            deleted.push(object);
-            continue;
-        }
-        match state.store.delete(&kv.key, Some(kv.mod_revision)).await {
-            Ok(_) => {
-                admission::release(&state, &admission::held(r, &object)).await;
-                deleted.push(object);
-            }
-            Err(store::Error::NotFound { .. }) => deleted.push(object),
-            Err(store::Error::Conflict { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", r.kind),
-            "apiVersion": r.api_version(),
-            "metadata": {"resourceVersion": page.revision.to_string()},
-            "items": deleted,
-        }),
-    ))
 }
 
 #[cfg(test)]

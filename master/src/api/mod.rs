@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod allocator;
 pub mod defaults;
+pub mod deletion;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;

@@ -65,14 +65,22 @@ impl ApiError {
     }
 
     pub fn conflict(kind: &str, group: &str, name: &str) -> Self {
+        Self::conflict_because(
+            kind,
+            group,
+            name,
+            "the object has been modified; please apply your changes to the latest version and \
+             try again",
+        )
+    }
+
+    /// 409 Conflict on `kind` `name`, for the reason given.
+    pub fn conflict_because(kind: &str, group: &str, name: &str, reason: &str) -> Self {
         let what = qualified(kind, group);
         Self::new(
             StatusCode::CONFLICT,
             "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {what} \"{name}\": the object has been modified; \
-                 please apply your changes to the latest version and try again"
-            ),
+            format!("Operation cannot be fulfilled on {what} \"{name}\": {reason}"),
         )
         .with_details(json!({"name": name, "group": group, "kind": kind}))
     }
