@@ -345,3 +345,80 @@ fn tail(path: &Path) -> String {
     let _ = file.read_to_end(&mut bytes);
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+/// Hollow nodes (`skiff-node hollow`) registered with a [`Master`], killed on drop — a kill is
+/// how tests make nodes stop renewing their Leases.
+pub struct Hollow {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Hollow {
+    /// The `skiff-node` binary next to `master_binary` (cargo builds every workspace binary into
+    /// the same directory).
+    pub fn binary_beside(master_binary: &Path) -> anyhow::Result<PathBuf> {
+        let path = master_binary.with_file_name("skiff-node");
+        if !path.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p skiff-node` \
+                 (cargo xtask test builds the whole workspace)",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// Starts `count` hollow nodes named `<prefix><index>` from `start_index`, with extra flags.
+    pub fn start(
+        binary: &Path,
+        master: &Master,
+        prefix: &str,
+        start_index: usize,
+        count: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Hollow> {
+        let log = master
+            .dir()
+            .join(format!("hollow-{prefix}{start_index}.log"));
+        let child = Command::new(binary)
+            .arg("hollow")
+            .arg("--kubeconfig")
+            .arg(&master.kubeconfig)
+            .args(["--name-prefix", prefix])
+            .args(["--start-index", &start_index.to_string()])
+            .args(["--count", &count.to_string()])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("start {} hollow", binary.display()))?;
+        Ok(Hollow {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// The process id, for RSS and CPU readings.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last few KiB of the hollow nodes' log.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    /// Kills the process (SIGKILL): its nodes stop renewing their Leases at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Hollow {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

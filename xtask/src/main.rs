@@ -6,6 +6,7 @@
 //!   cargo xtask bench         list the benchmarks
 //!   cargo xtask bench store   the store benchmark (both backends; starts its own etcd)
 //!   cargo xtask bench api     the API server benchmark (a real skiff-master, both backends)
+//!   cargo xtask bench scheduler  scheduler and controllers with 1,000 hollow nodes
 //!   cargo xtask install-deps  only the install step
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,9 @@ enum Bench {
     /// The API server, a real skiff-master driven by 32 kube clients: pod creates/s, create,
     /// get and list latency, 100-watcher fan-out lag, the master's RSS and CPU; both backends.
     Api,
+    /// The scheduler and controllers with 1,000 hollow nodes: pods/s scheduled, creation to
+    /// Running p99 at 100 pods/s, the master's RSS and CPU with 30,000 pods.
+    Scheduler,
 }
 
 impl Bench {
@@ -66,6 +70,7 @@ impl Bench {
         match self {
             Bench::Store => "store",
             Bench::Api => "api",
+            Bench::Scheduler => "scheduler",
         }
     }
 }
@@ -80,7 +85,8 @@ fn list_benches() {
             .unwrap_or_default();
         println!("  {:<7} {help}", bench.target());
     }
-    println!("arguments: --backend embedded|etcd|all (default all), --quick; api also --pods N");
+    println!("arguments: store and api: --backend embedded|etcd|all (default all), --quick; api also --pods N");
+    println!("           scheduler: --quick, --nodes N");
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +143,8 @@ fn main() -> anyhow::Result<()> {
             args,
         } => {
             install_deps(&root)?;
+            // The scheduler benchmark runs hollow nodes: skiff-node, beside skiff-master.
+            cargo(&["build", "--release", "--package", "skiff-node"])?;
             // `cargo bench` also builds the skiff-master binary in the release profile
             // (target/release/skiff-master); the api benchmark starts that one, by the path cargo
             // hands it in CARGO_BIN_EXE_skiff-master.
