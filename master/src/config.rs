@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::api::admission::DefaultTolerations;
 use crate::api::allocator::{PortRange, ServiceCidr};
 use crate::store::Backend;
 
@@ -63,6 +64,23 @@ pub struct Config {
     )]
     pub service_node_port_range: String,
 
+    /// How long pods tolerate a `node.kubernetes.io/not-ready:NoExecute` taint: the
+    /// `tolerationSeconds` of the toleration added to every pod without one of its own.
+    #[arg(
+        long,
+        env = "SKIFF_DEFAULT_NOT_READY_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    pub default_not_ready_toleration_seconds: i64,
+
+    /// How long pods tolerate a `node.kubernetes.io/unreachable:NoExecute` taint, likewise.
+    #[arg(
+        long,
+        env = "SKIFF_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    pub default_unreachable_toleration_seconds: i64,
+
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "SKIFF_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -90,6 +108,20 @@ impl Config {
                 self.log_format
             );
         }
+        for (flag, seconds) in [
+            (
+                "--default-not-ready-toleration-seconds",
+                self.default_not_ready_toleration_seconds,
+            ),
+            (
+                "--default-unreachable-toleration-seconds",
+                self.default_unreachable_toleration_seconds,
+            ),
+        ] {
+            if seconds < 0 {
+                anyhow::bail!("{flag} must be 0 or more, not {seconds}");
+            }
+        }
         if self.compaction_interval_seconds == 0 {
             anyhow::bail!("--compaction-interval-seconds must be at least 1");
         }
@@ -108,6 +140,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The tolerations the DefaultTolerationSeconds admission adds to pods.
+    pub fn default_tolerations(&self) -> DefaultTolerations {
+        DefaultTolerations {
+            not_ready_seconds: self.default_not_ready_toleration_seconds,
+            unreachable_seconds: self.default_unreachable_toleration_seconds,
+        }
     }
 
     /// The store backend the flags select.
@@ -180,6 +220,31 @@ mod tests {
         );
         check(&["--log-format", "xml"], Err("is not a log format"));
         check(&["--compaction-interval-seconds", "0"], Err("at least 1"));
+        check(
+            &["--default-unreachable-toleration-seconds=-1"],
+            Err("--default-unreachable-toleration-seconds must be 0 or more"),
+        );
+    }
+
+    #[test]
+    fn default_tolerations_come_from_the_flags() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("skiff-master").chain(args.iter().copied()))
+                .unwrap()
+                .default_tolerations()
+        };
+        assert_eq!(parse(&[]), DefaultTolerations::default());
+        assert_eq!(
+            parse(&[
+                "--default-not-ready-toleration-seconds",
+                "30",
+                "--default-unreachable-toleration-seconds=0"
+            ]),
+            DefaultTolerations {
+                not_ready_seconds: 30,
+                unreachable_seconds: 0
+            }
+        );
     }
 
     #[test]

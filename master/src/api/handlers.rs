@@ -422,6 +422,7 @@ async fn create(
     meta.insert("generation".into(), json!(1));
     let mut object = Value::Object(object);
     super::defaults::apply(r.kind, &mut object);
+    admission::mutate(&state, r, &mut object);
     admission::validate(r, &object, None)?;
     if dry_run(&query) {
         let response = json_response(StatusCode::CREATED, &object);
@@ -801,6 +802,9 @@ async fn write_update(
     let r = target.resource;
     let mut object = Value::Object(object);
     super::defaults::apply(r.kind, &mut object);
+    if target.subresource.is_none() {
+        admission::mutate(state, r, &mut object);
+    }
     admission::validate(r, &object, Some(old))?;
     if dry_run(query) {
         return Ok(json_response(StatusCode::OK, &object));

@@ -52,6 +52,8 @@ pub struct AppState {
     pub watches: watchcache::WatchHub,
     /// Service cluster IPs and node ports.
     pub allocator: Arc<allocator::Allocator>,
+    /// The tolerations every pod gets unless it has its own (DefaultTolerationSeconds).
+    pub default_tolerations: admission::DefaultTolerations,
 }
 
 impl AppState {
@@ -65,7 +67,15 @@ impl AppState {
             store,
             pki: Arc::new(pki),
             allocator,
+            default_tolerations: admission::DefaultTolerations::default(),
         }
+    }
+
+    /// Sets the DefaultTolerationSeconds admission's tolerations (300 seconds each by default);
+    /// `Config::default_tolerations` gives them from the flags.
+    pub fn with_default_tolerations(mut self, tolerations: admission::DefaultTolerations) -> Self {
+        self.default_tolerations = tolerations;
+        self
     }
 }
 
