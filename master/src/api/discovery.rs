@@ -103,6 +103,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Json<Value>> {
                     Some(("autoscaling", "v1")),
                 ),
                 "binding" => ("Binding", vec!["create"], None),
+                "eviction" => ("Eviction", vec!["create"], Some(("policy", "v1"))),
                 "log" => ("Pod", vec!["get"], None),
                 "exec" => ("PodExecOptions", vec!["create", "get"], None),
                 "finalize" => (r.kind, vec!["update"], None),

@@ -72,7 +72,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", core::Namespace, "Namespace", "namespaces", "namespace", false,
         short: &["ns"], categories: NONE, sub: &["status", "finalize"]),
     resource!("", "v1", core::Pod, "Pod", "pods", "pod", true,
-        short: &["po"], categories: ALL, sub: &["status", "binding", "log", "exec"]),
+        short: &["po"], categories: ALL, sub: &["status", "binding", "eviction", "log", "exec"]),
     resource!("", "v1", core::Service, "Service", "services", "service", true,
         short: &["svc"], categories: ALL, sub: &["status"]),
     resource!("", "v1", core::Endpoints, "Endpoints", "endpoints", "endpoints", true,

@@ -1,6 +1,7 @@
 //! Subresources other than `status`: `scale` (autoscaling/v1 Scale over a workload's
-//! `spec.replicas`), `binding` (the scheduler's way to set a pod's node), and the node-proxied
-//! ones (`log`, `exec`, …), which answer 503 until the node agent serves them.
+//! `spec.replicas`), `binding` (the scheduler's way to set a pod's node), `eviction` (a graceful
+//! delete through the Eviction API), and the node-proxied ones (`log`, `exec`, …), which answer
+//! 503 until the node agent serves them.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
+use super::deletion::{delete_object, DeleteRequest};
 use super::handlers::{
     self, dry_run, json_response, now_rfc3339, parse_object, with_version, write_error, Query,
     Target,
@@ -18,7 +20,7 @@ use super::validation::FieldError;
 use super::AppState;
 use crate::store::{self, Revision};
 
-/// Serves `scale`, `binding` and the node-proxied subresources.
+/// Serves `scale`, `binding`, `eviction` and the node-proxied subresources.
 pub async fn handle(
     state: Arc<AppState>,
     method: Method,
@@ -36,7 +38,8 @@ pub async fn handle(
         }
         ("scale", &Method::PATCH) => patch_scale(&state, &target, &query, headers, body).await,
         ("binding", &Method::POST) => bind(&state, &target, &query, body).await,
-        ("scale" | "binding", method) => Err(method_not_allowed(method)),
+        ("eviction", &Method::POST) => evict(&state, &target, &query, body).await,
+        ("scale" | "binding" | "eviction", method) => Err(method_not_allowed(method)),
         (sub, _) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
@@ -224,7 +227,35 @@ async fn patch_scale(
     put_scale(state, target, query, patched, true).await
 }
 
-/// `POST pods/<name>/binding`: sets `spec.nodeName` once, and the `PodScheduled` condition.
+/// Checks a subresource body's `kind` and that its `metadata.name` is the pod's, as
+/// kube-apiserver's binding and eviction storage do: 400 otherwise.
+fn check_body(body: &Map<String, Value>, kind: &str, name: &str) -> Result<(), ApiError> {
+    match body.get("kind") {
+        None => {}
+        Some(Value::String(k)) if k == kind => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "not a {kind} object: kind {other}"
+            )))
+        }
+    }
+    let body_name = body
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "name in URL does not match name in {kind} object"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST pods/<name>/binding`, as kube-apiserver's `BindingREST`: sets `spec.nodeName` once,
+/// adds the Binding's annotations and the `PodScheduled` condition. A pod already assigned (to
+/// any node), being deleted or still gated is a 409 Conflict; the Binding's `metadata.uid` and
+/// `metadata.resourceVersion` are preconditions.
 async fn bind(
     state: &AppState,
     target: &Target,
@@ -234,53 +265,98 @@ async fn bind(
     let r = target.resource;
     let name = target.name.clone().unwrap_or_default();
     let binding = parse_object(&body)?;
-    let node = binding
-        .get("target")
-        .and_then(|t| t.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    check_body(&binding, "Binding", &name)?;
+    let binding = Value::Object(binding);
+    let field = |pointer: &str| {
+        binding
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let node = field("/target/name").unwrap_or_default();
+    let mut errors = Vec::new();
+    if let Some(kind) = field("/target/kind").filter(|k| k != "Node") {
+        errors.push(FieldError {
+            field: "target.kind".into(),
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {kind:?}: supported values: \"Node\", \"<empty>\""
+            ),
+        });
+    }
     if node.is_empty() {
-        return Err(ApiError::invalid(
-            "Binding",
+        errors.push(FieldError {
+            field: "target.name".into(),
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("Binding", "", &name, &errors));
+    }
+    let wanted_uid = field("/metadata/uid");
+    let wanted_version = field("/metadata/resourceVersion");
+    let annotations = binding
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let refuse = |reason: String| {
+        Err(ApiError::conflict_because(
+            "pods/binding",
             "",
             &name,
-            &[FieldError {
-                field: "target.name".into(),
-                reason: "FieldValueRequired",
-                message: "Required value".into(),
-            }],
-        ));
-    }
+            &reason,
+        ))
+    };
     for _ in 0..5 {
         let (mut pod, revision) = load(state, target).await?;
-        if let Some(uid) = binding
-            .get("metadata")
-            .and_then(|m| m.get("uid"))
-            .and_then(Value::as_str)
-        {
-            if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                return Err(ApiError::conflict(r.plural, r.group, &name));
+        let preconditions = [
+            ("UID", "/metadata/uid", wanted_uid.as_deref()),
+            (
+                "ResourceVersion",
+                "/metadata/resourceVersion",
+                wanted_version.as_deref(),
+            ),
+        ];
+        for (what, pointer, wanted) in preconditions {
+            let found = pod
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if wanted.is_some_and(|w| w != found) {
+                return Err(ApiError::conflict_because(
+                    r.plural,
+                    r.group,
+                    &name,
+                    &format!(
+                        "Precondition failed: {what} in precondition: {}, {what} in object meta: {found}",
+                        wanted.unwrap_or_default()
+                    ),
+                ));
             }
         }
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("pod {name} is being deleted, cannot be assigned to a host"),
+            return refuse(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
             ));
         }
-        match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
-            Some(existing) if !existing.is_empty() => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    format!(
-                        "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{existing}\""
-                    ),
-                ))
-            }
-            _ => {}
+        if let Some(existing) = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return refuse(format!(
+                "pod {name} is already assigned to node {existing:?}"
+            ));
+        }
+        if pod
+            .pointer("/spec/schedulingGates")
+            .and_then(Value::as_array)
+            .is_some_and(|g| !g.is_empty())
+        {
+            return refuse(format!("pod {name} has non-empty .spec.schedulingGates"));
         }
         if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
             spec.insert("nodeName".into(), json!(node));
@@ -288,6 +364,12 @@ async fn bind(
         set_scheduled(&mut pod);
         if let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("resourceVersion");
+            if !annotations.is_empty() {
+                let merged = meta.entry("annotations").or_insert_with(|| json!({}));
+                if let Some(merged) = merged.as_object_mut() {
+                    merged.extend(annotations.clone());
+                }
+            }
         }
         if dry_run(query) {
             return Ok(success(StatusCode::CREATED));
@@ -299,38 +381,95 @@ async fn bind(
             .await
         {
             Ok(_) => return Ok(success(StatusCode::CREATED)),
-            Err(store::Error::Conflict { .. }) => continue,
+            Err(store::Error::Conflict { .. }) if wanted_version.is_none() => continue,
             Err(e) => return Err(write_error(r, &name, e)),
         }
     }
     Err(ApiError::conflict(r.plural, r.group, &name))
 }
 
+/// `POST pods/<name>/eviction` (a policy/v1 Eviction): deletes the pod as a DELETE with the
+/// Eviction's `deleteOptions` would (gracefully), after adding the `DisruptionTarget`
+/// condition, and answers 201 with a Success Status. Skiff has no PodDisruptionBudgets yet, so
+/// every eviction is allowed.
+async fn evict(
+    state: &AppState,
+    target: &Target,
+    query: &Query,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let name = target.name.clone().unwrap_or_default();
+    let eviction = parse_object(&body)?;
+    check_body(&eviction, "Eviction", &name)?;
+    let options = eviction.get("deleteOptions").cloned().unwrap_or(json!({}));
+    let request = DeleteRequest::from_options(target.resource, &name, &options, dry_run(query))?;
+    delete_object(
+        state,
+        target,
+        &name,
+        &request,
+        Some(add_disruption_target),
+        None,
+    )
+    .await?;
+    Ok(success(StatusCode::CREATED))
+}
+
+/// The condition an eviction leaves on the pod it deletes.
+fn add_disruption_target(pod: &mut Value) {
+    set_condition(
+        pod,
+        json!({
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "EvictionByEvictionAPI",
+            "message": "Eviction API: evicting",
+        }),
+    );
+}
+
 /// Sets `PodScheduled=True` in a pod's status conditions.
 fn set_scheduled(pod: &mut Value) {
+    set_condition(pod, json!({"type": "PodScheduled", "status": "True"}));
+    if let Some(status) = pod.get_mut("status").and_then(Value::as_object_mut) {
+        status.entry("phase").or_insert_with(|| json!("Pending"));
+    }
+}
+
+/// Puts `condition` into a pod's `status.conditions` in place of one of its type, as
+/// `podutil.UpdatePodCondition` does: `lastTransitionTime` changes only with the status.
+fn set_condition(pod: &mut Value, mut condition: Value) {
     let Some(object) = pod.as_object_mut() else {
         return;
     };
-    let status = object
+    let Some(status) = object
         .entry("status")
         .or_insert_with(|| json!({}))
-        .as_object_mut();
-    let Some(status) = status else {
+        .as_object_mut()
+    else {
         return;
     };
-    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
-    let Some(list) = conditions.as_array_mut() else {
+    let Some(list) = status
+        .entry("conditions")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+    else {
         return;
     };
-    list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
-    list.push(json!({
-        "type": "PodScheduled",
-        "status": "True",
-        "lastProbeTime": null,
-        "lastTransitionTime": now_rfc3339(),
-    }));
-    if !status.contains_key("phase") {
-        status.insert("phase".into(), json!("Pending"));
+    let kind = condition.get("type").cloned();
+    let existing = list.iter().position(|c| c.get("type") == kind.as_ref());
+    let transition = match existing.map(|i| &list[i]) {
+        Some(old) if old.get("status") == condition.get("status") => old
+            .get("lastTransitionTime")
+            .cloned()
+            .unwrap_or_else(|| json!(now_rfc3339())),
+        _ => json!(now_rfc3339()),
+    };
+    condition["lastProbeTime"] = Value::Null;
+    condition["lastTransitionTime"] = transition;
+    match existing {
+        Some(i) => list[i] = condition,
+        None => list.push(condition),
     }
 }
 
@@ -379,6 +518,101 @@ mod tests {
         assert_eq!(scale["metadata"]["resourceVersion"], "7");
         assert_eq!(scale["apiVersion"], "autoscaling/v1");
         assert_eq!(scale_of(&json!(null))["spec"]["replicas"], 1);
+    }
+
+    #[test]
+    fn binding_and_eviction_bodies_name_the_pod() {
+        let check = |body: Value, kind: &str, expected: Result<(), &str>| {
+            let map = body.as_object().cloned().unwrap_or_default();
+            match (check_body(&map, kind, "p"), expected) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(fragment)) => {
+                    assert_eq!(e.code, StatusCode::BAD_REQUEST, "{body}");
+                    assert!(e.message.contains(fragment), "{body}: {}", e.message);
+                }
+                (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
+            }
+        };
+        check(
+            json!({"kind": "Binding", "metadata": {"name": "p"}}),
+            "Binding",
+            Ok(()),
+        );
+        check(json!({"metadata": {"name": "p"}}), "Eviction", Ok(()));
+        check(
+            json!({"kind": "Eviction", "metadata": {"name": "q"}}),
+            "Eviction",
+            Err("name in URL does not match name in Eviction object"),
+        );
+        check(
+            json!({"kind": "Binding"}),
+            "Binding",
+            Err("name in URL does not match name in Binding object"),
+        );
+        check(
+            json!({"kind": "Pod", "metadata": {"name": "p"}}),
+            "Eviction",
+            Err("not a Eviction object"),
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_the_status_holds() {
+        let old = "2020-01-01T00:00:00Z";
+        let cases = [
+            // (existing conditions, condition set, expected count, transition kept)
+            (
+                json!([]),
+                json!({"type": "DisruptionTarget", "status": "True"}),
+                1,
+                false,
+            ),
+            (
+                json!([{"type": "DisruptionTarget", "status": "True", "lastTransitionTime": old}]),
+                json!({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}),
+                1,
+                true,
+            ),
+            (
+                json!([{"type": "DisruptionTarget", "status": "False", "lastTransitionTime": old}]),
+                json!({"type": "DisruptionTarget", "status": "True"}),
+                1,
+                false,
+            ),
+            (
+                json!([{"type": "Ready", "status": "True", "lastTransitionTime": old}]),
+                json!({"type": "DisruptionTarget", "status": "True"}),
+                2,
+                false,
+            ),
+        ];
+        for (existing, condition, count, kept) in cases {
+            let mut pod = json!({"status": {"conditions": existing.clone()}});
+            set_condition(&mut pod, condition.clone());
+            let list = pod["status"]["conditions"].as_array().cloned().unwrap();
+            assert_eq!(list.len(), count, "{existing} + {condition}");
+            let set = list
+                .iter()
+                .find(|c| c["type"] == condition["type"])
+                .unwrap();
+            assert_eq!(set["status"], condition["status"]);
+            assert_eq!(set["reason"], condition["reason"]);
+            assert_eq!(
+                set["lastTransitionTime"] == old,
+                kept,
+                "{existing} + {condition}"
+            );
+        }
+        let mut pod = json!({"metadata": {"name": "p"}});
+        add_disruption_target(&mut pod);
+        assert_eq!(
+            pod["status"]["conditions"][0]["reason"],
+            "EvictionByEvictionAPI"
+        );
+        assert_eq!(
+            pod["status"]["conditions"][0]["message"],
+            "Eviction API: evicting"
+        );
     }
 
     #[test]
