@@ -424,7 +424,7 @@ pub(super) async fn delete_collection(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
-    let filter = Filter::from_query(&query)?;
+    let filter = Filter::from_query(r, &query)?;
     let request = DeleteRequest::parse(r, "", &body, &query)?;
     let page = state
         .store

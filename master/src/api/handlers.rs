@@ -490,12 +490,16 @@ pub(super) struct Filter {
 }
 
 impl Filter {
-    pub(super) fn from_query(query: &Query) -> Result<Self, ApiError> {
+    /// The selectors of a request on `r`; a field `r` cannot be selected by is a 400.
+    pub(super) fn from_query(r: &Resource, query: &Query) -> Result<Self, ApiError> {
         Ok(Self {
             labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
                 .map_err(ApiError::bad_request)?,
-            fields: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
-                .map_err(ApiError::bad_request)?,
+            fields: FieldSelector::parse(
+                r.kind,
+                query.get("fieldSelector").map_or("", String::as_str),
+            )
+            .map_err(ApiError::bad_request)?,
         })
     }
 
@@ -515,7 +519,7 @@ async fn list(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
-    let filter = Filter::from_query(&query)?;
+    let filter = Filter::from_query(r, &query)?;
     let table = table_format(&query, headers)?;
     let limit = match query.get("limit") {
         Some(l) => Some(

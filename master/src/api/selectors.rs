@@ -1,5 +1,6 @@
 //! Label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!`) and field selectors
-//! (`=`, `==`, `!=` on `metadata.name`, `metadata.namespace` and per-kind fields).
+//! (`=`, `==`, `!=`, values escaped with `\`) on the fields kube-apiserver lets each kind be
+//! selected by; any other field is refused, as kube-apiserver refuses it.
 
 use std::collections::BTreeSet;
 
@@ -131,9 +132,232 @@ impl LabelSelector {
     }
 }
 
-/// A parsed field selector: `path=value` and `path!=value` terms, all of which must hold.
+/// How a selectable field is read from an object (kube-apiserver's `*ToSelectableFields`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    /// A string at this JSON pointer; "" when absent.
+    Text(&'static str),
+    /// A boolean at this pointer as `true`/`false`; false when absent.
+    Flag(&'static str),
+    /// An integer at this pointer in decimal; 0 when absent.
+    Number(&'static str),
+    /// A pod's first IP: `status.podIPs[0].ip`, else `status.podIP`.
+    PodIp,
+    /// An event's `source.component`, else its `reportingComponent`.
+    EventSource,
+    /// A label kube-apiserver accepts but never sets (a pod's `status.podIPs`): always "".
+    Unset,
+}
+
+const NAME: (&str, Field) = ("metadata.name", Field::Text("/metadata/name"));
+const NAMESPACE: (&str, Field) = ("metadata.namespace", Field::Text("/metadata/namespace"));
+
+/// The fields of the kinds with their own field label conversion in kube-apiserver; other kinds
+/// have only `metadata.name` and `metadata.namespace`.
+fn kind_fields(kind: &str) -> Option<&'static [(&'static str, Field)]> {
+    use Field::{EventSource, Flag, Number, PodIp, Text, Unset};
+    Some(match kind {
+        "Pod" => &[
+            NAME,
+            NAMESPACE,
+            ("spec.nodeName", Text("/spec/nodeName")),
+            // Old clients' name for spec.nodeName.
+            ("spec.host", Text("/spec/nodeName")),
+            ("spec.restartPolicy", Text("/spec/restartPolicy")),
+            ("spec.schedulerName", Text("/spec/schedulerName")),
+            ("spec.serviceAccountName", Text("/spec/serviceAccountName")),
+            ("spec.hostNetwork", Flag("/spec/hostNetwork")),
+            ("status.phase", Text("/status/phase")),
+            ("status.podIP", PodIp),
+            ("status.podIPs", Unset),
+            (
+                "status.nominatedNodeName",
+                Text("/status/nominatedNodeName"),
+            ),
+        ],
+        "Node" => &[NAME, ("spec.unschedulable", Flag("/spec/unschedulable"))],
+        "Namespace" => &[NAME, ("status.phase", Text("/status/phase"))],
+        "Secret" => &[NAME, NAMESPACE, ("type", Text("/type"))],
+        "Service" => &[
+            NAME,
+            NAMESPACE,
+            ("spec.clusterIP", Text("/spec/clusterIP")),
+            ("spec.type", Text("/spec/type")),
+        ],
+        "Event" => &[
+            NAME,
+            NAMESPACE,
+            ("involvedObject.kind", Text("/involvedObject/kind")),
+            (
+                "involvedObject.namespace",
+                Text("/involvedObject/namespace"),
+            ),
+            ("involvedObject.name", Text("/involvedObject/name")),
+            ("involvedObject.uid", Text("/involvedObject/uid")),
+            (
+                "involvedObject.apiVersion",
+                Text("/involvedObject/apiVersion"),
+            ),
+            (
+                "involvedObject.resourceVersion",
+                Text("/involvedObject/resourceVersion"),
+            ),
+            (
+                "involvedObject.fieldPath",
+                Text("/involvedObject/fieldPath"),
+            ),
+            ("reason", Text("/reason")),
+            ("reportingComponent", Text("/reportingComponent")),
+            ("source", EventSource),
+            ("type", Text("/type")),
+        ],
+        "ReplicaSet" => &[
+            NAME,
+            NAMESPACE,
+            ("status.replicas", Number("/status/replicas")),
+        ],
+        "Job" => &[
+            NAME,
+            NAMESPACE,
+            ("status.successful", Number("/status/succeeded")),
+        ],
+        _ => return None,
+    })
+}
+
+/// The field `label` of `kind`, or the 400 message kube-apiserver gives for it.
+fn field_of(kind: &str, label: &str) -> Result<Field, String> {
+    match kind_fields(kind) {
+        Some(fields) => fields
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| format!("field label not supported: {label}")),
+        None => [NAME, NAMESPACE]
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                format!(
+                    "{label:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+                )
+            }),
+    }
+}
+
+impl Field {
+    fn read(self, object: &Value) -> String {
+        let text = |pointer: &str| {
+            object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        match self {
+            Field::Text(pointer) => text(pointer),
+            Field::Flag(pointer) => object
+                .pointer(pointer)
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string(),
+            Field::Number(pointer) => object
+                .pointer(pointer)
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .to_string(),
+            Field::PodIp => object
+                .pointer("/status/podIPs/0/ip")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| text("/status/podIP")),
+            Field::EventSource => Some(text("/source/component"))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| text("/reportingComponent")),
+            Field::Unset => String::new(),
+        }
+    }
+}
+
+/// One `field=value` (`==`) or `field!=value` term.
+#[derive(Debug, Clone, PartialEq)]
+struct Term {
+    field: Field,
+    equal: bool,
+    value: String,
+}
+
+/// A parsed field selector for one kind: terms that must all hold. Fields the kind cannot be
+/// selected by are refused when parsing, as kube-apiserver refuses them (400).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector(Vec<Term>);
+
+/// Splits on the commas that are not escaped with a backslash.
+fn split_unescaped(s: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            c if c == separator => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// The first unescaped operator of a term: (field, equal, raw value).
+fn split_term(term: &str) -> Option<(&str, bool, &str)> {
+    let mut escaped = false;
+    for (i, c) in term.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if c == '\\' {
+            escaped = true;
+            continue;
+        }
+        let rest = &term[i..];
+        for (op, equal) in [("!=", false), ("==", true), ("=", true)] {
+            if let Some(value) = rest.strip_prefix(op) {
+                return Some((&term[..i], equal, value));
+            }
+        }
+    }
+    None
+}
+
+/// A value with `\\`, `\,` and `\=` unescaped; other escapes and bare `,` `=` are errors.
+fn unescape(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e @ ('\\' | ',' | '=')) => out.push(e),
+                Some(e) => {
+                    return Err(format!(
+                        "invalid field selector: invalid escape sequence: \\{e}"
+                    ))
+                }
+                None => return Err("invalid field selector: invalid escape sequence: \\".into()),
+            },
+            ',' | '=' => {
+                return Err(format!(
+                    "invalid field selector: unescaped character in value: {c}"
+                ))
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
 
 impl FieldSelector {
     /// Whether it selects everything.
@@ -141,42 +365,33 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
-    pub fn parse(selector: &str) -> Result<Self, String> {
+    /// Parses `selector` for objects of `kind`, as kube-apiserver's `fields.ParseSelector` and
+    /// the kind's field label conversion do.
+    pub fn parse(kind: &str, selector: &str) -> Result<Self, String> {
         let mut terms = Vec::new();
-        if selector.trim().is_empty() {
-            return Ok(Self(terms));
-        }
-        for part in selector.split(',') {
-            let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
-                (f, false, v)
-            } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-                (f, true, v)
-            } else {
+        for part in split_unescaped(selector, ',') {
+            if part.is_empty() {
+                continue;
+            }
+            let Some((label, equal, value)) = split_term(part) else {
                 return Err(format!(
-                    "invalid field selector {part:?}: expected field=value or field!=value"
+                    "invalid selector: '{selector}'; can't understand '{part}'"
                 ));
             };
-            let field = field.trim();
-            if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
-                return Err(format!(
-                    "invalid field selector: field label {field:?} is not valid"
-                ));
-            }
-            terms.push((field.to_string(), equal, value.trim().to_string()));
+            let value = unescape(value)?;
+            terms.push(Term {
+                field: field_of(kind, label)?,
+                equal,
+                value,
+            });
         }
         Ok(Self(terms))
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let pointer = format!("/{}", field.replace('.', "/"));
-            let actual = match object.pointer(&pointer) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
-            };
-            (actual == *value) == *equal
-        })
+        self.0
+            .iter()
+            .all(|term| (term.field.read(object) == term.value) == term.equal)
     }
 }
 
@@ -217,29 +432,136 @@ mod tests {
         check("app=we b", l, Err("invalid label value"));
     }
 
-    #[test]
-    fn field_selectors() {
-        let pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        let cases = [
-            ("metadata.name=p", true),
-            ("metadata.name==p", true),
-            ("metadata.name!=p", false),
-            ("metadata.namespace=default,spec.nodeName=n1", true),
-            ("spec.nodeName=", false),
-            ("status.phase!=Pending", true),
-        ];
-        for (selector, want) in cases {
-            assert_eq!(
-                FieldSelector::parse(selector).unwrap().matches(&pod),
-                want,
-                "{selector}"
-            );
+    fn check_fields(kind: &str, selector: &str, object: &Value, expected: Result<bool, &str>) {
+        match (FieldSelector::parse(kind, selector), expected) {
+            (Ok(s), Ok(want)) => assert_eq!(s.matches(object), want, "{kind} {selector}"),
+            (Err(e), Err(fragment)) => {
+                assert!(e.contains(fragment), "{kind} {selector}: {e}")
+            }
+            (got, want) => panic!("{kind} {selector}: got {got:?}, want {want:?}"),
         }
-        let unscheduled = json!({"metadata": {"name": "q"}, "spec": {}});
-        assert!(FieldSelector::parse("spec.nodeName=")
-            .unwrap()
-            .matches(&unscheduled));
-        assert!(FieldSelector::parse("nonsense").is_err());
-        assert!(FieldSelector::parse("a b=c").is_err());
+    }
+
+    #[test]
+    fn pod_field_selectors() {
+        let pod = json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"nodeName": "n1", "schedulerName": "default-scheduler",
+                "serviceAccountName": "default", "restartPolicy": "Always"},
+            "status": {"phase": "Running", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}]},
+        });
+        let unscheduled = json!({"metadata": {"name": "q", "namespace": "default"}, "spec": {}});
+        let cases: &[(&str, &Value, Result<bool, &str>)] = &[
+            ("", &pod, Ok(true)),
+            ("metadata.name=p", &pod, Ok(true)),
+            ("metadata.name==p", &pod, Ok(true)),
+            ("metadata.name!=p", &pod, Ok(false)),
+            (
+                "metadata.namespace=default,spec.nodeName=n1",
+                &pod,
+                Ok(true),
+            ),
+            ("metadata.namespace=other", &pod, Ok(false)),
+            ("spec.nodeName=", &pod, Ok(false)),
+            ("spec.nodeName=", &unscheduled, Ok(true)),
+            ("spec.nodeName!=", &pod, Ok(true)),
+            ("spec.nodeName!=", &unscheduled, Ok(false)),
+            ("spec.nodeName!=n1", &pod, Ok(false)),
+            ("spec.host=n1", &pod, Ok(true)),
+            ("status.phase!=Pending", &pod, Ok(true)),
+            ("status.phase=Running,spec.nodeName=n2", &pod, Ok(false)),
+            ("status.phase=", &unscheduled, Ok(true)),
+            ("spec.schedulerName=default-scheduler", &pod, Ok(true)),
+            ("spec.serviceAccountName=default", &pod, Ok(true)),
+            ("spec.restartPolicy=Always", &pod, Ok(true)),
+            ("spec.hostNetwork=false", &pod, Ok(true)),
+            ("spec.hostNetwork=true", &pod, Ok(false)),
+            ("status.podIP=10.0.0.9", &pod, Ok(true)),
+            ("status.podIP=", &unscheduled, Ok(true)),
+            ("status.podIPs=", &pod, Ok(true)),
+            ("status.nominatedNodeName=", &pod, Ok(true)),
+            (
+                "spec.containers=x",
+                &pod,
+                Err("field label not supported: spec.containers"),
+            ),
+            (
+                "metadata.labels=x",
+                &pod,
+                Err("field label not supported: metadata.labels"),
+            ),
+            ("nonsense", &pod, Err("can't understand 'nonsense'")),
+            ("a b=c", &pod, Err("field label not supported: a b")),
+            (
+                "metadata.name=a=b",
+                &pod,
+                Err("unescaped character in value: ="),
+            ),
+            (
+                "metadata.name=a\\x",
+                &pod,
+                Err("invalid escape sequence: \\x"),
+            ),
+        ];
+        for (selector, object, expected) in cases {
+            check_fields("Pod", selector, object, *expected);
+        }
+        let odd = json!({"metadata": {"name": "a,b=c\\"}});
+        check_fields("Pod", "metadata.name=a\\,b\\=c\\\\", &odd, Ok(true));
+        let ip_only_in_list = json!({"status": {"podIPs": [{"ip": "fd00::1"}]}});
+        check_fields("Pod", "status.podIP=fd00::1", &ip_only_in_list, Ok(true));
+    }
+
+    #[test]
+    fn other_kinds_field_selectors() {
+        let event = json!({
+            "metadata": {"name": "e", "namespace": "default"},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default", "uid": "u1",
+                "apiVersion": "v1", "resourceVersion": "7", "fieldPath": "spec.containers{c}"},
+            "reason": "Scheduled", "type": "Normal", "source": {"component": "default-scheduler"},
+        });
+        let reported = json!({"reportingComponent": "kubelet", "source": {}});
+        let node = json!({"metadata": {"name": "n1"}, "spec": {"unschedulable": true}});
+        let plain_node = json!({"metadata": {"name": "n2"}, "spec": {}});
+        let secret =
+            json!({"metadata": {"name": "s", "namespace": "a"}, "type": "kubernetes.io/tls"});
+        let job = json!({"metadata": {"name": "j", "namespace": "a"}, "status": {"succeeded": 3}});
+        let rs = json!({"metadata": {"name": "r", "namespace": "a"}, "status": {"replicas": 2}});
+        let ns = json!({"metadata": {"name": "a"}, "status": {"phase": "Active"}});
+        let svc = json!({"metadata": {"name": "v", "namespace": "a"}, "spec": {"clusterIP": "None", "type": "ClusterIP"}});
+        let cm = json!({"metadata": {"name": "c", "namespace": "a"}});
+        let cases: &[(&str, &str, &Value, Result<bool, &str>)] = &[
+            ("Event", "involvedObject.kind=Pod,involvedObject.name=p", &event, Ok(true)),
+            ("Event", "involvedObject.namespace=default,involvedObject.uid=u1", &event, Ok(true)),
+            ("Event", "involvedObject.apiVersion=v1,involvedObject.resourceVersion=7", &event, Ok(true)),
+            ("Event", "involvedObject.fieldPath=spec.containers{c}", &event, Ok(true)),
+            ("Event", "reason=Scheduled,type=Normal", &event, Ok(true)),
+            ("Event", "type!=Normal", &event, Ok(false)),
+            ("Event", "source=default-scheduler", &event, Ok(true)),
+            ("Event", "source=kubelet", &reported, Ok(true)),
+            ("Event", "reportingComponent=kubelet", &reported, Ok(true)),
+            ("Event", "involvedObject.labels=x", &event, Err("field label not supported: involvedObject.labels")),
+            ("Node", "spec.unschedulable=true", &node, Ok(true)),
+            ("Node", "spec.unschedulable=false", &plain_node, Ok(true)),
+            ("Node", "spec.unschedulable!=true", &node, Ok(false)),
+            ("Node", "metadata.name=n1", &node, Ok(true)),
+            ("Node", "metadata.namespace=", &node, Err("field label not supported: metadata.namespace")),
+            ("Secret", "type=kubernetes.io/tls", &secret, Ok(true)),
+            ("Secret", "type=Opaque", &secret, Ok(false)),
+            ("Job", "status.successful=3", &job, Ok(true)),
+            ("Job", "status.successful=0", &cm, Ok(true)),
+            ("ReplicaSet", "status.replicas=2", &rs, Ok(true)),
+            ("ReplicaSet", "status.replicas!=0", &rs, Ok(true)),
+            ("Namespace", "status.phase=Active", &ns, Ok(true)),
+            ("Namespace", "metadata.name=a", &ns, Ok(true)),
+            ("Service", "spec.clusterIP!=None", &svc, Ok(false)),
+            ("Service", "spec.type=ClusterIP", &svc, Ok(true)),
+            ("ConfigMap", "metadata.name=c,metadata.namespace=a", &cm, Ok(true)),
+            ("ConfigMap", "data.x=1", &cm, Err("\"data.x\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")),
+            ("Deployment", "status.replicas=1", &cm, Err("is not a known field selector")),
+        ];
+        for (kind, selector, object, expected) in cases {
+            check_fields(kind, selector, object, *expected);
+        }
     }
 }

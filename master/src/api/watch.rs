@@ -115,7 +115,7 @@ pub(super) async fn watch(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
-    let filter = Filter::from_query(&query)?;
+    let filter = Filter::from_query(r, &query)?;
     let timeout = watch_timeout(&query)?;
     let bookmarks = flag(&query, "allowWatchBookmarks");
     let send_initial = flag(&query, "sendInitialEvents");
