@@ -6,9 +6,13 @@
 //! leader Lease runs them ([`leader`]); every master serves the API.
 
 pub mod client;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
 pub mod leader;
+pub mod nodeipam;
 pub mod runtime;
+pub mod serviceaccount;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,7 +275,12 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[];
+    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[
+        ("endpoint", endpoints::start),
+        ("endpointslice", endpointslice::start),
+        ("serviceaccount", serviceaccount::start),
+        ("nodeipam", nodeipam::start),
+    ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
