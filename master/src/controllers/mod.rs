@@ -115,9 +115,7 @@ impl Config {
         let mut on = false;
         for item in &self.controllers {
             let item = item.trim();
-            if item == "*" {
-                on = true;
-            } else if item == name {
+            if item == "*" || item == name {
                 on = true;
             } else if item.strip_prefix('-') == Some(name) {
                 return false;
@@ -259,6 +257,9 @@ impl Context {
     }
 }
 
+/// How a control loop starts: registers its informer callbacks and spawns its workers.
+type StartFn = fn(&Context, &mut JoinSet<()>);
+
 /// Starts every enabled control loop over `client` (a kube client to this master's own API) and
 /// returns their tasks; dropping or aborting the set stops them all.
 pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> JoinSet<()> {
@@ -275,7 +276,7 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[
+    let loops: &[(&str, StartFn)] = &[
         ("endpoint", endpoints::start),
         ("endpointslice", endpointslice::start),
         ("serviceaccount", serviceaccount::start),
