@@ -512,6 +512,67 @@ impl Filter {
     }
 }
 
+/// The revision a list reads at, from `resourceVersion` and `resourceVersionMatch` checked as
+/// kube-apiserver's `ValidateListOptions` does (422 `ListOptions` invalid, 400 for a version that
+/// is not a number). `None` is the latest state: what no version, `0` (any version) and
+/// `NotOlderThan` (the store's latest state is never older) are served from; `Exact` reads at
+/// that revision.
+fn list_revision(query: &Query) -> Result<Option<Revision>, ApiError> {
+    let version = query.get("resourceVersion").map_or("", String::as_str);
+    let matching = query.get("resourceVersionMatch").map_or("", String::as_str);
+    let mut errors = Vec::new();
+    let forbidden = |field: &str, message: &str| super::validation::FieldError {
+        field: field.into(),
+        reason: "FieldValueForbidden",
+        message: format!("Forbidden: {message}"),
+    };
+    if !matching.is_empty() {
+        if version.is_empty() {
+            errors.push(forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if query.get("continue").is_some_and(|c| !c.is_empty()) {
+            errors.push(forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden when continue is provided",
+            ));
+        }
+        if !matches!(matching, "Exact" | "NotOlderThan") {
+            errors.push(super::validation::FieldError {
+                field: "resourceVersionMatch".into(),
+                reason: "FieldValueNotSupported",
+                message: format!(
+                    "Unsupported value: {matching:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
+                ),
+            });
+        }
+        if matching == "Exact" && version == "0" {
+            errors.push(forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+    }
+    if query.contains_key("sendInitialEvents") {
+        errors.push(forbidden(
+            "sendInitialEvents",
+            "sendInitialEvents is forbidden for list",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("ListOptions", "meta.k8s.io", "", &errors));
+    }
+    if version.is_empty() {
+        return Ok(None);
+    }
+    let revision: Revision = version
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {version:?}")))?;
+    Ok((matching == "Exact").then_some(revision))
+}
+
 async fn list(
     state: Arc<AppState>,
     target: Target,
@@ -528,21 +589,7 @@ async fn list(
         ),
         None => None,
     };
-    let revision =
-        match query.get("resourceVersion").map(String::as_str) {
-            None | Some("") | Some("0") => None,
-            Some(rv)
-                if query
-                    .get("resourceVersionMatch")
-                    .is_some_and(|m| m == "Exact") =>
-            {
-                Some(rv.parse().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                })?)
-            }
-            // "NotOlderThan" (the default for a set version): the latest state is never older.
-            Some(_) => None,
-        };
+    let revision = list_revision(&query)?;
     // A plain full list (no selectors, no page size, no Table) is streamed page by page from one
     // snapshot, so its memory is one page, not the whole collection.
     let whole = limit.is_none() && revision.is_none() && !query.contains_key("continue");
@@ -1031,6 +1078,38 @@ async fn patch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check_list_version(pairs: &[(&str, &str)], expected: Result<Option<Revision>, u16>) {
+        let query: Query = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let got = list_revision(&query).map_err(|e| e.code.as_u16());
+        assert_eq!(got, expected, "{pairs:?}");
+    }
+
+    #[test]
+    fn list_versions_are_checked_and_zero_is_the_latest_state() {
+        let check = check_list_version;
+        let (rv, matching) = ("resourceVersion", "resourceVersionMatch");
+        check(&[], Ok(None));
+        check(&[(rv, "")], Ok(None));
+        check(&[(rv, "0")], Ok(None));
+        check(&[(rv, "0"), (matching, "NotOlderThan")], Ok(None));
+        check(&[(rv, "12")], Ok(None));
+        check(&[(rv, "12"), (matching, "NotOlderThan")], Ok(None));
+        check(&[(rv, "12"), (matching, "Exact")], Ok(Some(12)));
+        check(&[(rv, "0"), (matching, "Exact")], Err(422));
+        check(&[(matching, "NotOlderThan")], Err(422));
+        check(&[(rv, "12"), (matching, "Newest")], Err(422));
+        check(
+            &[(rv, "12"), (matching, "Exact"), ("continue", "t")],
+            Err(422),
+        );
+        check(&[("sendInitialEvents", "true")], Err(422));
+        check(&[(rv, "abc")], Err(400));
+        check(&[(rv, "abc"), (matching, "Exact")], Err(400));
+    }
 
     #[test]
     fn spliced_versions_equal_parsed_ones() {
