@@ -72,11 +72,10 @@ async fn main() -> anyhow::Result<()> {
             }
         })
     };
-    let state = std::sync::Arc::new(skiff_master::api::AppState::new(
-        store.clone(),
-        pki,
-        allocator,
-    ));
+    let state = std::sync::Arc::new(
+        skiff_master::api::AppState::new(store.clone(), pki, allocator)
+            .with_default_tolerations(config.default_tolerations()),
+    );
     skiff_master::api::ensure_default_namespaces(&state)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the default namespaces: {}", e.message))?;
