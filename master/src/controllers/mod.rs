@@ -6,9 +6,12 @@
 //! leader Lease runs them ([`leader`]); every master serves the API.
 
 pub mod client;
+pub mod daemonset;
 pub mod events;
+pub mod history;
 pub mod leader;
 pub mod runtime;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,7 +274,7 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[];
+    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[("daemonset", daemonset::start)];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
