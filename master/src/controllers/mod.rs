@@ -11,6 +11,7 @@ pub mod events;
 pub mod history;
 pub mod leader;
 pub mod runtime;
+pub mod statefulset;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -274,7 +275,10 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[("daemonset", daemonset::start)];
+    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[
+        ("daemonset", daemonset::start),
+        ("statefulset", statefulset::start),
+    ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
