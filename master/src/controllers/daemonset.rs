@@ -572,7 +572,11 @@ impl DaemonSetController {
             );
             self.ctx
                 .api
-                .patch_status::<DaemonSet>(namespace, ds_name, &json!({"collisionCount": bumped}))
+                .patch_status::<DaemonSet>(
+                    namespace,
+                    ds_name,
+                    &json!({"status": {"collisionCount": bumped}}),
+                )
                 .await?;
         }
         Err(err.into())
@@ -638,7 +642,7 @@ impl DaemonSetController {
                 .patch_status::<DaemonSet>(
                     ds.metadata.namespace.as_deref(),
                     ds.metadata.name.as_deref().unwrap_or_default(),
-                    &patch,
+                    &json!({ "status": patch }),
                 )
                 .await?;
         }

@@ -448,7 +448,7 @@ impl StatefulSetController {
             .patch_status::<StatefulSet>(
                 set.metadata.namespace.as_deref(),
                 set.metadata.name.as_deref().unwrap_or_default(),
-                &patch,
+                &json!({ "status": patch }),
             )
             .await?;
         Ok(())

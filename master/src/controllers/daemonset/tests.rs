@@ -207,7 +207,7 @@ async fn creates_one_pod_per_eligible_node_for_the_scheduler() {
         .any(|t| t["key"] == "node.kubernetes.io/not-ready" && t["effect"] == "NoExecute"));
     assert_eq!(f.reasons(), vec!["SuccessfulCreate"; 3]);
     // Nothing is running yet: the status says so and observes the generation.
-    let status = &f.calls("patch", &format!("{DS_PATH}/status"))[0].body;
+    let status = &f.calls("patch", &format!("{DS_PATH}/status"))[0].body["status"];
     assert_eq!(status["desiredNumberScheduled"], 3);
     assert_eq!(status["currentNumberScheduled"], 0);
     assert_eq!(status["numberUnavailable"], 3);
@@ -236,7 +236,7 @@ async fn waits_for_its_creations_before_acting_again() {
     f.fake.clear();
     assert_eq!(f.run().await, Action::Done);
     assert!(f.calls("create", PODS).is_empty());
-    let status = &f.calls("patch", &format!("{DS_PATH}/status"))[0].body;
+    let status = &f.calls("patch", &format!("{DS_PATH}/status"))[0].body["status"];
     assert_eq!(status["numberAvailable"], 1);
     assert_eq!(status["updatedNumberScheduled"], 1);
 }
@@ -490,7 +490,7 @@ async fn status_counts_ready_available_updated_and_misscheduled() {
     ];
     let f = fixture(&ds, nodes, pods, vec![revision(&ds, 1)]);
     f.run().await;
-    let status = &f.calls("patch", &format!("{DS_PATH}/status"))[0].body;
+    let status = &f.calls("patch", &format!("{DS_PATH}/status"))[0].body["status"];
     assert_eq!(
         *status,
         json!({

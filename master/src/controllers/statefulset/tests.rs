@@ -134,7 +134,7 @@ impl Fixture {
     fn status(&self) -> Option<Value> {
         self.calls("patch", &format!("{SET_PATH}/status"))
             .pop()
-            .map(|c| c.body)
+            .map(|c| c.body["status"].clone())
     }
 }
 
