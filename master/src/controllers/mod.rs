@@ -6,13 +6,17 @@
 //! leader Lease runs them ([`leader`]); every master serves the API.
 
 pub mod client;
+pub mod daemonset;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
+pub mod history;
 pub mod leader;
 pub mod nodeipam;
 pub mod runtime;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,6 +285,8 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
         ("endpointslice", endpointslice::start),
         ("serviceaccount", serviceaccount::start),
         ("nodeipam", nodeipam::start),
+        ("daemonset", daemonset::start),
+        ("statefulset", statefulset::start),
     ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
