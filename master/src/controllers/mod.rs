@@ -6,8 +6,10 @@
 //! leader Lease runs them ([`leader`]); every master serves the API.
 
 pub mod client;
+pub mod deployment;
 pub mod events;
 pub mod leader;
+pub mod replicaset;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -271,7 +273,10 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[];
+    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[
+        ("replicaset", replicaset::start),
+        ("deployment", deployment::start),
+    ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
