@@ -1488,4 +1488,900 @@ impl<'a> Rollout<'a> {
 }
 
 #[cfg(test)]
-mod tests {}
+#[allow(clippy::type_complexity)] // the case tables
+mod tests {
+    use super::*;
+    use crate::controllers::client::RecordingClient;
+    use crate::controllers::events::{drain, Record};
+    use crate::controllers::Config;
+    use k8s_openapi::api::apps::v1::{
+        DeploymentSpec, DeploymentStrategy, ReplicaSetStatus, RollingUpdateDeployment,
+    };
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use tokio::sync::mpsc::Receiver;
+
+    const NS: &str = "ns";
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn template(image: &str) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels(&[("app", "web")])),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "web".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn deployment(replicas: i32, image: &str) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                namespace: Some(NS.into()),
+                name: Some("web".into()),
+                uid: Some("uid-web".into()),
+                generation: Some(1),
+                resource_version: Some("1".into()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                selector: LabelSelector {
+                    match_labels: Some(labels(&[("app", "web")])),
+                    ..Default::default()
+                },
+                template: template(image),
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::Int(1)),
+                        max_unavailable: Some(IntOrString::Int(1)),
+                    }),
+                }),
+                revision_history_limit: Some(10),
+                progress_deadline_seconds: Some(600),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The Deployment controller over hand-fed caches, with a tiny API that writes the calls
+    /// back into the caches and a ReplicaSet controller whose pods are available at once.
+    struct Sim {
+        fake: RecordingClient,
+        ctx: Context,
+        rx: Receiver<Record>,
+        controller: Arc<DeploymentController>,
+        clock: i64,
+    }
+
+    impl Sim {
+        fn new(d: Deployment) -> Sim {
+            let fake = RecordingClient::new();
+            let (ctx, rx) = Context::new(Arc::new(fake.clone()), Config::default());
+            let controller = Arc::new(DeploymentController::new(ctx.clone()));
+            ctx.informers.deployments.apply(d);
+            Sim {
+                fake,
+                ctx,
+                rx,
+                controller,
+                clock: 0,
+            }
+        }
+
+        fn deployment(&self) -> Arc<Deployment> {
+            self.ctx.informers.deployments.get("ns/web").unwrap()
+        }
+
+        /// Changes the Deployment as a user would (the generation follows spec changes).
+        fn edit(&self, f: impl FnOnce(&mut DeploymentSpec)) {
+            let mut d = (*self.deployment()).clone();
+            f(d.spec.as_mut().unwrap());
+            d.metadata.generation = Some(d.metadata.generation.unwrap_or(1) + 1);
+            self.ctx.informers.deployments.apply(d);
+        }
+
+        fn rs(&self, name: &str) -> Arc<ReplicaSet> {
+            self.ctx
+                .informers
+                .replica_sets
+                .get_in(Some(NS), name)
+                .unwrap()
+        }
+
+        fn replica_sets(&self) -> Vec<Arc<ReplicaSet>> {
+            let mut all = self.ctx.informers.replica_sets.list_in(NS);
+            all.sort_by(|a, b| by_creation(a, b));
+            all
+        }
+
+        /// `name=size` of every ReplicaSet, oldest first.
+        fn sizes(&self) -> Vec<String> {
+            self.replica_sets()
+                .iter()
+                .map(|rs| format!("{}={}", revision_of(&rs.metadata), spec_replicas(rs)))
+                .collect()
+        }
+
+        fn add_rs(&mut self, image: &str, revision: i64, replicas: i32) -> String {
+            let d = self.deployment();
+            let mut t = template(image);
+            let hash = compute_hash(&t, None);
+            t.metadata
+                .as_mut()
+                .unwrap()
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert(POD_TEMPLATE_HASH.into(), hash.clone());
+            let name = format!("web-{hash}");
+            self.clock += 1;
+            let rs = ReplicaSet {
+                metadata: ObjectMeta {
+                    namespace: Some(NS.into()),
+                    name: Some(name.clone()),
+                    uid: Some(format!("uid-{name}")),
+                    generation: Some(1),
+                    creation_timestamp: Some(Time(
+                        Timestamp::from_second(1_700_000_000 + self.clock).unwrap(),
+                    )),
+                    owner_references: Some(vec![new_controller_ref("Deployment", &d.metadata)]),
+                    labels: t.metadata.as_ref().unwrap().labels.clone(),
+                    annotations: Some(labels(&[(REVISION, &revision.to_string())])),
+                    ..Default::default()
+                },
+                spec: Some(ReplicaSetSpec {
+                    replicas: Some(replicas),
+                    template: Some(t),
+                    ..Default::default()
+                }),
+                status: None,
+            };
+            self.ctx.informers.replica_sets.apply(rs);
+            name
+        }
+
+        /// Reconciles, then applies what was written back into the caches.
+        async fn reconcile(&mut self) -> Action {
+            self.fake.clear();
+            let action = self.controller.reconcile("ns/web").await.unwrap();
+            for call in self.fake.calls() {
+                self.apply(call.verb, &call.path, call.body);
+            }
+            action
+        }
+
+        fn apply(&mut self, verb: &str, path: &str, body: serde_json::Value) {
+            let rs_path = "/apis/apps/v1/namespaces/ns/replicasets";
+            let d_path = "/apis/apps/v1/namespaces/ns/deployments/web";
+            match (verb, path) {
+                ("create", p) if p == rs_path => {
+                    let mut rs: ReplicaSet = serde_json::from_value(body).unwrap();
+                    self.clock += 1;
+                    rs.metadata.creation_timestamp = Some(Time(
+                        Timestamp::from_second(1_700_000_000 + self.clock).unwrap(),
+                    ));
+                    rs.metadata.generation = Some(1);
+                    self.ctx.informers.replica_sets.apply(rs);
+                }
+                ("update", p) if p.starts_with(rs_path) => {
+                    let rs: ReplicaSet = serde_json::from_value(body).unwrap();
+                    self.ctx.informers.replica_sets.apply(rs);
+                }
+                ("delete", p) if p.starts_with(rs_path) => {
+                    let name = p.rsplit('/').next().unwrap();
+                    let rs = self.rs(name);
+                    self.ctx.informers.replica_sets.delete(&rs);
+                }
+                ("update", p) if p == format!("{d_path}/status") => {
+                    let written: Deployment = serde_json::from_value(body).unwrap();
+                    let mut d = (*self.deployment()).clone();
+                    d.status = written.status;
+                    self.ctx.informers.deployments.apply(d);
+                }
+                ("patch", p) if p == d_path => {
+                    let mut d = (*self.deployment()).clone();
+                    let annotations = d.metadata.annotations.get_or_insert_with(BTreeMap::new);
+                    for (k, v) in body["metadata"]["annotations"].as_object().unwrap() {
+                        annotations.insert(k.clone(), v.as_str().unwrap().to_string());
+                    }
+                    self.ctx.informers.deployments.apply(d);
+                }
+                other => panic!("unexpected call {other:?}"),
+            }
+        }
+
+        /// The ReplicaSet controller's part: every ReplicaSet has its pods, `available` of
+        /// them available (all when `None`).
+        fn settle(&self, available: Option<i32>) {
+            for rs in self.replica_sets() {
+                let mut rs = (*rs).clone();
+                let size = spec_replicas(&rs);
+                let available = available.map_or(size, |a| a.min(size));
+                rs.status = Some(ReplicaSetStatus {
+                    replicas: size,
+                    ready_replicas: Some(available),
+                    available_replicas: Some(available),
+                    observed_generation: rs.metadata.generation,
+                    ..Default::default()
+                });
+                self.ctx.informers.replica_sets.apply(rs);
+            }
+        }
+
+        fn status(&self) -> DeploymentStatus {
+            self.deployment().status.clone().unwrap_or_default()
+        }
+
+        fn progressing(&self) -> (String, String) {
+            let status = self.status();
+            let c = condition(&status, "Progressing")
+                .cloned()
+                .unwrap_or_default();
+            (c.status, c.reason.unwrap_or_default())
+        }
+
+        fn events(&mut self) -> Vec<String> {
+            drain(&mut self.rx)
+                .into_iter()
+                .map(|r| format!("{} {}", r.reason, r.message))
+                .collect()
+        }
+    }
+
+    /// What `kubectl rollout status` waits for.
+    fn rollout_done(d: &Deployment) -> bool {
+        let status = d.status.clone().unwrap_or_default();
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+            && n(status.updated_replicas) == replicas
+            && n(status.replicas) == n(status.updated_replicas)
+            && n(status.available_replicas) == n(status.updated_replicas)
+    }
+
+    #[tokio::test]
+    async fn first_rollout_creates_the_hashed_replica_set_at_revision_one() {
+        let mut sim = Sim::new(deployment(3, "web:1"));
+        sim.reconcile().await;
+        let hash = compute_hash(&template("web:1"), None);
+        let name = format!("web-{hash}");
+        let calls = sim.fake.calls();
+        assert_eq!(
+            calls[0].short(),
+            "create /apis/apps/v1/namespaces/ns/replicasets"
+        );
+        let rs = sim.rs(&name);
+        assert_eq!(spec_replicas(&rs), 3);
+        let annotations = rs.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations[REVISION], "1");
+        assert_eq!(annotations[DESIRED_REPLICAS], "3");
+        assert_eq!(annotations[MAX_REPLICAS], "4");
+        let spec = rs.spec.clone().unwrap();
+        assert_eq!(spec.selector.match_labels.unwrap()[POD_TEMPLATE_HASH], hash);
+        assert_eq!(
+            spec.template.unwrap().metadata.unwrap().labels.unwrap()[POD_TEMPLATE_HASH],
+            hash
+        );
+        assert_eq!(rs.metadata.labels.clone().unwrap()[POD_TEMPLATE_HASH], hash);
+        assert_eq!(controller_ref(&rs.metadata).unwrap().uid, "uid-web");
+        assert_eq!(
+            sim.events(),
+            vec![format!(
+                "ScalingReplicaSet Scaled up replica set {name} from 0 to 3"
+            )]
+        );
+        assert_eq!(
+            sim.deployment().metadata.annotations.clone().unwrap()[REVISION],
+            "1"
+        );
+        assert_eq!(sim.progressing(), ("True".into(), NEW_RS_CREATED.into()));
+        assert!(!rollout_done(&sim.deployment()));
+        // The pods come up: the rollout is complete, and says so.
+        sim.settle(None);
+        let action = sim.reconcile().await;
+        assert_eq!(action, Action::Done);
+        let d = sim.deployment();
+        assert!(rollout_done(&d), "{:?}", d.status);
+        assert_eq!(sim.progressing(), ("True".into(), NEW_RS_AVAILABLE.into()));
+        let status = sim.status();
+        let available = condition(&status, "Available").unwrap();
+        assert_eq!(
+            (available.status.as_str(), available.reason.as_deref()),
+            ("True", Some(MIN_AVAILABLE))
+        );
+        assert_eq!(status.observed_generation, Some(1));
+        // Nothing changes: nothing is written.
+        sim.reconcile().await;
+        assert!(sim.fake.calls().is_empty(), "{:?}", sim.fake.short_calls());
+    }
+
+    #[tokio::test]
+    async fn a_template_change_rolls_out_within_surge_and_unavailability() {
+        let mut sim = Sim::new(deployment(4, "web:1"));
+        sim.reconcile().await;
+        sim.settle(None);
+        sim.reconcile().await;
+        sim.edit(|spec| spec.template = template("web:2"));
+        let mut steps = 0;
+        loop {
+            sim.reconcile().await;
+            let total: i32 = sim.replica_sets().iter().map(|rs| spec_replicas(rs)).sum();
+            assert!(
+                total <= 5,
+                "more than replicas + maxSurge: {:?}",
+                sim.sizes()
+            );
+            sim.settle(None);
+            let available: i32 = sim.replica_sets().iter().map(|rs| rs_status(rs).2).sum();
+            assert!(
+                available >= 3,
+                "less than replicas - maxUnavailable: {:?}",
+                sim.sizes()
+            );
+            if rollout_done(&sim.deployment()) {
+                break;
+            }
+            steps += 1;
+            assert!(steps < 10, "the rollout does not finish: {:?}", sim.sizes());
+        }
+        assert_eq!(sim.sizes(), vec!["1=0", "2=4"]);
+        assert_eq!(
+            sim.deployment().metadata.annotations.clone().unwrap()[REVISION],
+            "2"
+        );
+        assert_eq!(sim.progressing(), ("True".into(), NEW_RS_AVAILABLE.into()));
+        let events = sim.events();
+        assert!(
+            events.iter().any(|e| e.contains("Scaled down replica set")),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_rolling_step_waits_for_availability() {
+        let mut sim = Sim::new(deployment(4, "web:1"));
+        sim.reconcile().await;
+        sim.settle(None);
+        sim.reconcile().await;
+        sim.edit(|spec| spec.template = template("web:2"));
+        // Surge one new pod, and one old pod may go (4 available - 3 minimum).
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=3", "2=1"]);
+        assert_eq!(sim.progressing(), ("True".into(), NEW_RS_CREATED.into()));
+        // The new pod is not available yet; 4 pods < 5: grow the new one.
+        sim.settle_rs_available(1, 3);
+        sim.settle_rs_available(2, 0);
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=3", "2=2"]);
+        // Nothing available in the new ReplicaSet: stuck at the limits.
+        sim.settle_rs_available(2, 0);
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=3", "2=2"]);
+        assert!(sim
+            .fake
+            .calls()
+            .iter()
+            .all(|c| !c.path.contains("replicasets")));
+        // Both new pods available: two old ones may go.
+        sim.settle_rs_available(2, 2);
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=1", "2=2"]);
+    }
+
+    impl Sim {
+        /// Sets the ReplicaSet of `revision` to have all its pods, `available` available.
+        fn settle_rs_available(&self, revision: i64, available: i32) {
+            let rs = self
+                .replica_sets()
+                .into_iter()
+                .find(|rs| revision_of(&rs.metadata) == revision)
+                .unwrap();
+            let mut rs = (*rs).clone();
+            let size = spec_replicas(&rs);
+            rs.status = Some(ReplicaSetStatus {
+                replicas: size,
+                ready_replicas: Some(available),
+                available_replicas: Some(available),
+                observed_generation: rs.metadata.generation,
+                ..Default::default()
+            });
+            self.ctx.informers.replica_sets.apply(rs);
+        }
+    }
+
+    #[tokio::test]
+    async fn recreate_scales_old_to_zero_and_waits_for_old_pods() {
+        let mut d = deployment(3, "web:2");
+        d.spec.as_mut().unwrap().strategy = Some(DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        });
+        let mut sim = Sim::new(d);
+        let old = sim.add_rs("web:1", 1, 3);
+        sim.settle(None);
+        sim.reconcile().await;
+        assert_eq!(
+            sim.sizes(),
+            vec!["1=0"],
+            "old scaled down, no new ReplicaSet yet"
+        );
+        // The old pods are still there (status says 3).
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=0"]);
+        // The ReplicaSet counts none, but one old pod is still terminating.
+        sim.settle(None);
+        let rs = sim.rs(&old);
+        let pod = Pod {
+            metadata: ObjectMeta {
+                namespace: Some(NS.into()),
+                name: Some("old-pod".into()),
+                owner_references: Some(vec![super::super::replicaset::new_controller_ref(
+                    "ReplicaSet",
+                    &rs.metadata,
+                )]),
+                deletion_timestamp: Some(Time(now())),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some("Running".into()),
+                ..Default::default()
+            }),
+        };
+        sim.ctx.informers.pods.apply(pod.clone());
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=0"]);
+        sim.ctx.informers.pods.delete(&pod);
+        sim.reconcile().await;
+        assert_eq!(
+            sim.sizes(),
+            vec!["1=0", "2=3"],
+            "the new ReplicaSet at full size at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn rollback_reuses_the_old_replica_set_with_the_next_revision() {
+        let mut sim = Sim::new(deployment(2, "web:1"));
+        let first = sim.add_rs("web:1", 1, 0);
+        sim.add_rs("web:2", 2, 2);
+        sim.settle(None);
+        // What `kubectl rollout undo` leaves: the template of revision 1.
+        sim.reconcile().await;
+        let calls = sim.fake.short_calls();
+        assert!(calls.iter().all(|c| !c.starts_with("create")), "{calls:?}");
+        let rs = sim.rs(&first);
+        let annotations = rs.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations[REVISION], "3");
+        assert_eq!(annotations[REVISION_HISTORY], "1");
+        assert_eq!(
+            sim.deployment().metadata.annotations.clone().unwrap()[REVISION],
+            "3"
+        );
+        // Then it rolls forward onto it as onto any new ReplicaSet.
+        for _ in 0..6 {
+            sim.settle(None);
+            sim.reconcile().await;
+        }
+        assert_eq!(sim.sizes(), vec!["3=2", "2=0"]);
+        assert!(rollout_done(&sim.deployment()));
+    }
+
+    #[tokio::test]
+    async fn paused_deployments_scale_but_do_not_roll_out() {
+        let mut sim = Sim::new(deployment(2, "web:1"));
+        sim.add_rs("web:1", 1, 2);
+        sim.settle(None);
+        sim.edit(|spec| {
+            spec.paused = Some(true);
+            spec.template = template("web:2");
+            spec.replicas = Some(5);
+        });
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=5"], "scaled, no new ReplicaSet");
+        assert_eq!(sim.progressing(), ("Unknown".into(), PAUSED.into()));
+        sim.settle(None);
+        sim.reconcile().await;
+        assert_eq!(sim.sizes(), vec!["1=5"]);
+        // Resumed: the rollout starts.
+        sim.edit(|spec| spec.paused = Some(false));
+        sim.reconcile().await;
+        assert_eq!(sim.replica_sets().len(), 2);
+        assert_eq!(sim.progressing(), ("True".into(), NEW_RS_CREATED.into()));
+    }
+
+    #[tokio::test]
+    async fn old_replica_sets_beyond_the_history_limit_are_deleted() {
+        let mut d = deployment(2, "web:4");
+        d.spec.as_mut().unwrap().revision_history_limit = Some(1);
+        let mut sim = Sim::new(d);
+        let r1 = sim.add_rs("web:1", 1, 0);
+        let r2 = sim.add_rs("web:2", 2, 0);
+        sim.add_rs("web:3", 3, 0);
+        sim.add_rs("web:4", 4, 2);
+        sim.settle(None);
+        // The first pass records the complete status; cleanup follows a complete rollout.
+        sim.reconcile().await;
+        assert!(rollout_done(&sim.deployment()));
+        sim.reconcile().await;
+        let deletes: Vec<String> = sim
+            .fake
+            .short_calls()
+            .into_iter()
+            .filter(|c| c.starts_with("delete"))
+            .collect();
+        let path = |name: &str| format!("delete /apis/apps/v1/namespaces/ns/replicasets/{name}");
+        assert_eq!(deletes, vec![path(&r1), path(&r2)]);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_rollout_exceeds_its_progress_deadline() {
+        let mut sim = Sim::new(deployment(2, "web:2"));
+        sim.add_rs("web:1", 1, 2);
+        // No pod ever becomes available: the rollout goes as far as it can, then stops.
+        for _ in 0..6 {
+            sim.reconcile().await;
+            sim.settle(Some(0));
+        }
+        sim.reconcile().await;
+        assert!(sim.fake.calls().is_empty(), "{:?}", sim.fake.short_calls());
+        assert_eq!(
+            sim.sizes(),
+            vec!["1=1", "2=2"],
+            "surge used up, no availability to spend"
+        );
+        // Progress was last seen long ago.
+        let mut d = (*sim.deployment()).clone();
+        let status = d.status.as_mut().unwrap();
+        for c in status.conditions.iter_mut().flatten() {
+            c.last_update_time = Some(Time(
+                Timestamp::from_second(now().as_second() - 700).unwrap(),
+            ));
+        }
+        let mut stale = d.clone();
+        sim.ctx.informers.deployments.apply(d);
+        let action = sim.reconcile().await;
+        assert_eq!(sim.progressing(), ("False".into(), TIMED_OUT.into()));
+        assert_eq!(action, Action::Done);
+        // Within the deadline it asks to look again when it would pass.
+        for c in stale
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .iter_mut()
+            .flatten()
+        {
+            c.last_update_time = Some(Time(
+                Timestamp::from_second(now().as_second() - 100).unwrap(),
+            ));
+        }
+        sim.ctx.informers.deployments.apply(stale);
+        let action = sim.reconcile().await;
+        let Action::RequeueAfter(after) = action else {
+            panic!("expected a progress check, got {action:?}");
+        };
+        assert!(
+            after >= Duration::from_secs(499) && after <= Duration::from_secs(502),
+            "{after:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn orphan_replica_sets_are_adopted() {
+        let mut sim = Sim::new(deployment(2, "web:1"));
+        let name = sim.add_rs("web:1", 1, 2);
+        let mut rs = (*sim.rs(&name)).clone();
+        rs.metadata.owner_references = None;
+        sim.ctx.informers.replica_sets.apply(rs);
+        let d = serde_json::to_value(&*sim.deployment()).unwrap();
+        sim.fake
+            .set_object("/apis/apps/v1/namespaces/ns/deployments/web", d);
+        sim.fake.clear();
+        sim.controller.reconcile("ns/web").await.unwrap();
+        let calls = sim.fake.calls();
+        let adopt = calls.iter().find(|c| c.verb == "patch").unwrap();
+        assert_eq!(
+            adopt.path,
+            format!("/apis/apps/v1/namespaces/ns/replicasets/{name}")
+        );
+        assert_eq!(
+            adopt.body["metadata"]["ownerReferences"][0]["kind"],
+            "Deployment"
+        );
+        assert!(
+            calls.iter().all(|c| c.verb != "create"),
+            "the adopted ReplicaSet is the new one"
+        );
+    }
+
+    #[test]
+    fn fenceposts_round_surge_up_and_unavailability_down() {
+        let pct = |s: &str| IntOrString::String(s.into());
+        let cases: Vec<(IntOrString, IntOrString, i32, Result<(i32, i32), ()>)> = vec![
+            (pct("25%"), pct("25%"), 10, Ok((3, 2))),
+            (pct("25%"), pct("25%"), 4, Ok((1, 1))),
+            (pct("25%"), pct("25%"), 1, Ok((1, 0))),
+            (IntOrString::Int(0), pct("10%"), 5, Ok((0, 1))),
+            (IntOrString::Int(2), IntOrString::Int(0), 3, Ok((2, 0))),
+            (pct("0%"), pct("0%"), 0, Ok((0, 1))),
+            (pct("abc"), IntOrString::Int(1), 3, Err(())),
+        ];
+        for (surge, unavailable, desired, expected) in cases {
+            let got = resolve_fenceposts(Some(&surge), Some(&unavailable), desired).map_err(|_| ());
+            assert_eq!(got, expected, "{surge:?} {unavailable:?} {desired}");
+        }
+    }
+
+    #[test]
+    fn the_new_replica_set_grows_within_the_surge() {
+        let rolling = Strategy::RollingUpdate {
+            max_surge: 1,
+            max_unavailable: 1,
+        };
+        // (strategy, replicas, total now, new now, expected)
+        let cases = [
+            (rolling, 3, 0, 0, 3),
+            (rolling, 4, 4, 0, 1),
+            (rolling, 4, 5, 1, 1),
+            (rolling, 4, 3, 1, 3),
+            (rolling, 4, 1, 3, 4),
+            (Strategy::Recreate, 4, 9, 0, 4),
+        ];
+        for (strategy, replicas, total, new, expected) in cases {
+            assert_eq!(
+                new_rs_new_replicas(strategy, replicas, total, new),
+                expected,
+                "{replicas} {total} {new}"
+            );
+        }
+    }
+
+    #[test]
+    fn old_replica_sets_shrink_within_the_unavailability_budget() {
+        let s = |replicas, available| Size {
+            replicas,
+            available,
+        };
+        // (case, replicas, maxUnavailable, new, old, expected old sizes)
+        let cases: Vec<(&str, i32, i32, Size, Vec<Size>, Vec<i32>)> = vec![
+            (
+                "all available, one may go",
+                4,
+                1,
+                s(1, 0),
+                vec![s(4, 4)],
+                vec![3],
+            ),
+            (
+                "new not available blocks",
+                4,
+                1,
+                s(2, 0),
+                vec![s(3, 3)],
+                vec![3],
+            ),
+            (
+                "new available: old shrinks",
+                4,
+                1,
+                s(2, 2),
+                vec![s(3, 3)],
+                vec![1],
+            ),
+            (
+                "unhealthy first",
+                4,
+                1,
+                s(1, 0),
+                vec![s(2, 1), s(2, 2)],
+                vec![1, 2],
+            ),
+            (
+                "oldest first",
+                4,
+                2,
+                s(0, 0),
+                vec![s(2, 2), s(2, 2)],
+                vec![0, 2],
+            ),
+            ("no old pods", 4, 1, s(4, 4), vec![s(0, 0)], vec![0]),
+            ("done", 2, 1, s(2, 2), vec![s(2, 2)], vec![0]),
+        ];
+        for (name, replicas, max_unavailable, new, old, expected) in cases {
+            assert_eq!(
+                scale_down_old(replicas, max_unavailable, new, &old),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn scaling_mid_rollout_is_proportional() {
+        let share = |name: &str, created: i64, replicas, max: Option<i32>| Share {
+            name: name.into(),
+            created: Timestamp::from_second(created).ok(),
+            replicas,
+            max_replicas: max,
+        };
+        // (replicas, maxSurge, status replicas, shares, expected)
+        let cases: Vec<(i32, i32, i32, Vec<Share>, Vec<(&str, i32)>)> = vec![
+            (
+                8,
+                1,
+                5,
+                vec![share("old", 1, 3, Some(5)), share("new", 2, 2, Some(5))],
+                vec![("old", 5), ("new", 4)],
+            ),
+            (
+                2,
+                1,
+                5,
+                vec![share("old", 1, 3, Some(5)), share("new", 2, 2, Some(5))],
+                vec![("old", 2), ("new", 1)],
+            ),
+            (
+                0,
+                1,
+                5,
+                vec![share("old", 1, 3, Some(5)), share("new", 2, 2, Some(5))],
+                vec![("old", 0), ("new", 0)],
+            ),
+            // No annotation: the status count stands in.
+            (
+                10,
+                0,
+                5,
+                vec![share("a", 1, 3, None), share("b", 2, 2, None)],
+                vec![("a", 6), ("b", 4)],
+            ),
+            // Ties grow the newer first.
+            (
+                6,
+                0,
+                4,
+                vec![share("a", 1, 2, Some(4)), share("b", 2, 2, Some(4))],
+                vec![("b", 3), ("a", 3)],
+            ),
+        ];
+        for (replicas, surge, status, shares, expected) in cases {
+            let got = proportional_sizes(replicas, surge, status, &shares);
+            let expected: Vec<(String, i32)> = expected
+                .into_iter()
+                .map(|(n, s)| (n.to_string(), s))
+                .collect();
+            assert_eq!(got, expected, "{replicas} {shares:?}");
+        }
+    }
+
+    #[test]
+    fn hashes_are_fnv_safe_encoded_and_change_with_collisions() {
+        assert_eq!(fnv32a(b""), 0x811c9dc5);
+        assert_eq!(fnv32a(b"a"), 0xe40c292c);
+        assert_eq!(safe_encode("0123456789"), "456789bcdf");
+        let t = template("web:1");
+        let hash = compute_hash(&t, None);
+        assert!(hash.chars().all(|c| "456789bcdf".contains(c)), "{hash}");
+        assert_eq!(hash, compute_hash(&t.clone(), None), "stable");
+        assert_ne!(hash, compute_hash(&template("web:2"), None));
+        assert_ne!(hash, compute_hash(&t, Some(1)));
+    }
+
+    #[test]
+    fn templates_compare_without_the_hash_label() {
+        let mut hashed = template("web:1");
+        hashed
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(POD_TEMPLATE_HASH.into(), "x".into());
+        assert!(equal_ignore_hash(&hashed, &template("web:1")));
+        assert!(!equal_ignore_hash(&hashed, &template("web:2")));
+    }
+
+    #[test]
+    fn revisions_move_up_with_history() {
+        let d = labels(&[("kubernetes.io/change-cause", "v2"), (REVISION, "9")]);
+        // (current annotations, new revision, exists, expected changed, expected annotations)
+        let cases: Vec<(
+            BTreeMap<String, String>,
+            i64,
+            bool,
+            bool,
+            BTreeMap<String, String>,
+        )> = vec![
+            (
+                BTreeMap::new(),
+                1,
+                false,
+                true,
+                labels(&[
+                    ("kubernetes.io/change-cause", "v2"),
+                    (REVISION, "1"),
+                    (DESIRED_REPLICAS, "3"),
+                    (MAX_REPLICAS, "4"),
+                ]),
+            ),
+            (
+                labels(&[("kubernetes.io/change-cause", "v2"), (REVISION, "1")]),
+                3,
+                true,
+                true,
+                labels(&[
+                    ("kubernetes.io/change-cause", "v2"),
+                    (REVISION, "3"),
+                    (REVISION_HISTORY, "1"),
+                ]),
+            ),
+            (
+                labels(&[
+                    ("kubernetes.io/change-cause", "v2"),
+                    (REVISION, "3"),
+                    (REVISION_HISTORY, "1"),
+                ]),
+                5,
+                true,
+                true,
+                labels(&[
+                    ("kubernetes.io/change-cause", "v2"),
+                    (REVISION, "5"),
+                    (REVISION_HISTORY, "1,3"),
+                ]),
+            ),
+            (
+                labels(&[("kubernetes.io/change-cause", "v2"), (REVISION, "7")]),
+                5,
+                true,
+                false,
+                labels(&[("kubernetes.io/change-cause", "v2"), (REVISION, "7")]),
+            ),
+        ];
+        for (mut current, revision, exists, changed, expected) in cases {
+            let got = set_new_rs_annotations(Some(&d), &mut current, revision, exists, 3, 4);
+            assert_eq!((got, &current), (changed, &expected), "{revision}");
+        }
+    }
+
+    #[test]
+    fn progress_and_completion_follow_the_counts() {
+        let st = |replicas, updated, ready, available| DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(replicas),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(ready),
+            available_replicas: Some(available),
+            ..Default::default()
+        };
+        assert!(deployment_complete(3, 2, &st(3, 3, 3, 3)));
+        assert!(
+            !deployment_complete(3, 3, &st(3, 3, 3, 3)),
+            "generation not observed"
+        );
+        assert!(
+            !deployment_complete(3, 2, &st(4, 3, 4, 4)),
+            "an old pod remains"
+        );
+        assert!(deployment_progressing(&st(4, 1, 3, 3), &st(4, 2, 3, 3)));
+        assert!(deployment_progressing(&st(5, 2, 3, 3), &st(4, 2, 3, 3)));
+        assert!(!deployment_progressing(&st(4, 2, 3, 3), &st(4, 2, 3, 3)));
+    }
+}

@@ -1158,3 +1158,719 @@ fn failure_message(e: &Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::client::RecordingClient;
+    use crate::controllers::events::{drain, Record};
+    use crate::controllers::Config;
+    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerStatus, PodSpec, PodStatus, PodTemplateSpec,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use tokio::sync::mpsc::Receiver;
+
+    struct Fixture {
+        fake: RecordingClient,
+        ctx: Context,
+        rx: Receiver<Record>,
+        controller: Arc<ReplicaSetController>,
+        queue: WorkQueue,
+    }
+
+    fn fixture() -> Fixture {
+        let fake = RecordingClient::new();
+        let (ctx, rx) = Context::new(Arc::new(fake.clone()), Config::default());
+        let controller = Arc::new(ReplicaSetController::new(ctx.clone()));
+        let queue = WorkQueue::new();
+        controller.watch(&queue);
+        Fixture {
+            fake,
+            ctx,
+            rx,
+            controller,
+            queue,
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn ago(seconds: i64) -> Time {
+        Time(Timestamp::from_second(now().as_second() - seconds).unwrap())
+    }
+
+    fn replica_set(name: &str, replicas: i32) -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                generation: Some(1),
+                resource_version: Some("1".into()),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(replicas),
+                selector: LabelSelector {
+                    match_labels: labels(&[("app", "web")]),
+                    ..Default::default()
+                },
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: labels(&[("app", "web"), ("tier", "front")]),
+                        annotations: labels(&[("note", "kept")]),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "web".into(),
+                            image: Some("nginx".into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                min_ready_seconds: None,
+            }),
+            status: None,
+        }
+    }
+
+    /// A pod of `owner` (or an orphan) that is scheduled, running and ready for an hour.
+    fn pod(name: &str, owner: Option<&ReplicaSet>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                resource_version: Some("1".into()),
+                labels: labels(&[("app", "web"), ("tier", "front")]),
+                creation_timestamp: Some(ago(3600)),
+                owner_references: owner
+                    .map(|rs| vec![new_controller_ref("ReplicaSet", &rs.metadata)]),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("n1".into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: Some(ago(3600)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn with(mut p: Pod, f: impl FnOnce(&mut Pod)) -> Pod {
+        f(&mut p);
+        p
+    }
+
+    fn unscheduled(p: &mut Pod) {
+        p.spec.as_mut().unwrap().node_name = None;
+        pending(p);
+    }
+    fn pending(p: &mut Pod) {
+        let status = p.status.as_mut().unwrap();
+        status.phase = Some("Pending".into());
+        not_ready(p);
+    }
+    fn not_ready(p: &mut Pod) {
+        p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+    }
+
+    fn events(rx: &mut Receiver<Record>) -> Vec<String> {
+        drain(rx)
+            .into_iter()
+            .map(|r| format!("{} {}", r.reason, r.message))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn creates_missing_pods_from_the_template_in_slow_start_batches() {
+        let mut f = fixture();
+        let rs = replica_set("web", 3);
+        f.ctx.informers.replica_sets.apply(rs);
+        let action = f.controller.reconcile("ns/web").await.unwrap();
+        assert_eq!(action, Action::Done);
+        let calls = f.fake.calls();
+        let creates: Vec<_> = calls.iter().filter(|c| c.verb == "create").collect();
+        assert_eq!(creates.len(), 3, "{:?}", f.fake.short_calls());
+        let body = &creates[0].body;
+        assert_eq!(creates[0].path, "/api/v1/namespaces/ns/pods");
+        assert_eq!(body["metadata"]["generateName"], "web-");
+        assert_eq!(body["metadata"]["namespace"], "ns");
+        assert_eq!(
+            body["metadata"]["labels"],
+            json!({"app": "web", "tier": "front"})
+        );
+        assert_eq!(body["metadata"]["annotations"], json!({"note": "kept"}));
+        assert_eq!(
+            body["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "uid-web",
+                    "controller": true, "blockOwnerDeletion": true}])
+        );
+        assert_eq!(body["spec"]["containers"][0]["image"], "nginx");
+        // No pods were seen yet: the status says 0, for generation 1.
+        let status = calls.last().unwrap();
+        assert_eq!(
+            status.short(),
+            "update /apis/apps/v1/namespaces/ns/replicasets/web/status"
+        );
+        assert_eq!(status.body["status"]["replicas"], 0);
+        assert_eq!(status.body["status"]["observedGeneration"], 1);
+        let events = events(&mut f.rx);
+        assert_eq!(events.len(), 3);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.starts_with("SuccessfulCreate Created pod: web-")),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn expectations_hold_creations_until_the_informer_sees_them() {
+        let f = fixture();
+        let rs = replica_set("web", 3);
+        f.ctx.informers.replica_sets.apply(rs.clone());
+        f.controller.reconcile("ns/web").await.unwrap();
+        assert_eq!(
+            f.fake.calls().iter().filter(|c| c.verb == "create").count(),
+            3
+        );
+        // The cache still shows no pods: a second reconcile must not create three more.
+        f.fake.clear();
+        f.controller.reconcile("ns/web").await.unwrap();
+        assert!(
+            f.fake.calls().iter().all(|c| c.verb != "create"),
+            "{:?}",
+            f.fake.short_calls()
+        );
+        // Two of three seen: still waiting.
+        f.ctx.informers.pods.apply(pod("web-a", Some(&rs)));
+        f.ctx.informers.pods.apply(pod("web-b", Some(&rs)));
+        f.controller.reconcile("ns/web").await.unwrap();
+        assert!(f.fake.calls().iter().all(|c| c.verb != "create"));
+        // All seen; one is then deleted by someone else: one replacement.
+        f.ctx.informers.pods.apply(pod("web-c", Some(&rs)));
+        f.ctx.informers.pods.delete(&pod("web-c", Some(&rs)));
+        f.fake.clear();
+        f.controller.reconcile("ns/web").await.unwrap();
+        let creates = f.fake.calls().iter().filter(|c| c.verb == "create").count();
+        assert_eq!(creates, 1, "{:?}", f.fake.short_calls());
+        assert_eq!(
+            f.queue.try_next().as_deref(),
+            Some("ns/web"),
+            "pod events queue the owner"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_creation_stops_the_batch_and_is_not_expected() {
+        let mut f = fixture();
+        f.ctx.informers.replica_sets.apply(replica_set("web", 4));
+        f.fake
+            .fail_next("/api/v1/namespaces/ns/pods", 403, "Forbidden");
+        let err = f.controller.reconcile("ns/web").await.unwrap_err();
+        assert!(err.to_string().contains("403"), "{err}");
+        let calls = f.fake.short_calls();
+        // The first batch of one failed: nothing more was tried, the failure is in the status.
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("create")).count(),
+            1,
+            "{calls:?}"
+        );
+        let status = f.fake.calls().last().unwrap().body["status"].clone();
+        assert_eq!(status["conditions"][0]["type"], "ReplicaFailure");
+        assert_eq!(status["conditions"][0]["reason"], "FailedCreate");
+        assert_eq!(
+            events(&mut f.rx),
+            vec!["FailedCreate Error creating: injected by the test"]
+        );
+        // Nothing is pending: the retry creates all four.
+        f.fake.clear();
+        f.controller.reconcile("ns/web").await.unwrap();
+        assert_eq!(
+            f.fake.calls().iter().filter(|c| c.verb == "create").count(),
+            4
+        );
+    }
+
+    #[tokio::test]
+    async fn surplus_pods_are_deleted_least_established_first() {
+        let mut f = fixture();
+        let rs = replica_set("web", 2);
+        f.ctx.informers.replica_sets.apply(rs.clone());
+        let pods = [
+            pod("ready-old", Some(&rs)),
+            with(pod("unscheduled", Some(&rs)), unscheduled),
+            with(pod("not-ready", Some(&rs)), not_ready),
+            with(pod("ready-new", Some(&rs)), |p| {
+                p.metadata.creation_timestamp = Some(ago(10));
+                p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time =
+                    Some(ago(5));
+            }),
+            with(pod("done", Some(&rs)), |p| {
+                p.status.as_mut().unwrap().phase = Some("Succeeded".into())
+            }),
+        ];
+        for p in pods {
+            f.ctx.informers.pods.apply(p);
+        }
+        f.controller.reconcile("ns/web").await.unwrap();
+        let deletes: Vec<String> = f
+            .fake
+            .short_calls()
+            .into_iter()
+            .filter(|c| c.starts_with("delete"))
+            .collect();
+        assert_eq!(
+            deletes,
+            vec![
+                "delete /api/v1/namespaces/ns/pods/unscheduled",
+                "delete /api/v1/namespaces/ns/pods/not-ready"
+            ]
+        );
+        let events = events(&mut f.rx);
+        assert!(
+            events.contains(&"SuccessfulDelete Deleted pod: unscheduled".to_string()),
+            "{events:?}"
+        );
+        // The two deletions are expected: nothing more happens until they are seen.
+        f.fake.clear();
+        f.controller.reconcile("ns/web").await.unwrap();
+        assert!(f
+            .fake
+            .short_calls()
+            .iter()
+            .all(|c| !c.starts_with("delete")));
+        let doomed = with(pod("unscheduled", Some(&rs)), |p| {
+            p.metadata.resource_version = Some("2".into())
+        });
+        f.ctx.informers.pods.delete(&doomed);
+        f.ctx.informers.pods.delete(&pod("not-ready", Some(&rs)));
+        assert!(f
+            .controller
+            .expectations
+            .satisfied("ns/web", Instant::now()));
+    }
+
+    #[test]
+    fn deletion_order_follows_upstream_ranking() {
+        let base = pod("base", None);
+        let now = now();
+        // (name, pod a, rank a, pod b, rank b, expected order of a vs b)
+        let cases: Vec<(&str, Pod, usize, Pod, usize, Ordering)> = vec![
+            (
+                "unscheduled first",
+                with(base.clone(), unscheduled),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            (
+                "pending before running",
+                with(base.clone(), pending),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            (
+                "unknown between pending and running",
+                with(base.clone(), |p| {
+                    p.status.as_mut().unwrap().phase = Some("Unknown".into())
+                }),
+                0,
+                with(base.clone(), pending),
+                0,
+                Ordering::Greater,
+            ),
+            (
+                "not ready first",
+                with(base.clone(), not_ready),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            (
+                "lower deletion cost first",
+                with(base.clone(), |p| {
+                    p.metadata.annotations = labels(&[(POD_DELETION_COST, "-5")])
+                }),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            (
+                "doubled up first",
+                base.clone(),
+                3,
+                base.clone(),
+                1,
+                Ordering::Less,
+            ),
+            (
+                "ready more recently first",
+                with(base.clone(), |p| {
+                    p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0]
+                        .last_transition_time = Some(ago(10))
+                }),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            (
+                "more restarts first",
+                with(base.clone(), |p| {
+                    p.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+                        name: "web".into(),
+                        restart_count: 4,
+                        ..Default::default()
+                    }])
+                }),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            (
+                "newer first",
+                with(base.clone(), |p| {
+                    p.metadata.creation_timestamp = Some(ago(30))
+                }),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            (
+                "unknown creation first",
+                with(base.clone(), |p| p.metadata.creation_timestamp = None),
+                0,
+                base.clone(),
+                0,
+                Ordering::Less,
+            ),
+            ("same", base.clone(), 0, base.clone(), 0, Ordering::Equal),
+        ];
+        for (name, a, ra, b, rb, expected) in cases {
+            assert_eq!(deletion_order(&a, ra, &b, rb, now), expected, "{name}");
+            if expected != Ordering::Equal {
+                assert_eq!(
+                    deletion_order(&b, rb, &a, ra, now),
+                    expected.reverse(),
+                    "{name} (swapped)"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn adopts_matching_orphans_and_releases_pods_that_stopped_matching() {
+        let f = fixture();
+        let rs = replica_set("web", 2);
+        f.ctx.informers.replica_sets.apply(rs.clone());
+        // The adoption re-reads the ReplicaSet past the cache first.
+        f.fake.set_object(
+            "/apis/apps/v1/namespaces/ns/replicasets/web",
+            serde_json::to_value(&rs).unwrap(),
+        );
+        f.ctx.informers.pods.apply(pod("orphan", None));
+        f.ctx.informers.pods.apply(with(pod("other", None), |p| {
+            p.metadata.labels = labels(&[("app", "db")])
+        }));
+        f.ctx
+            .informers
+            .pods
+            .apply(with(pod("strayed", Some(&rs)), |p| {
+                p.metadata.labels = labels(&[("app", "db")])
+            }));
+        f.ctx.informers.pods.apply(pod("kept", Some(&rs)));
+        f.controller.reconcile("ns/web").await.unwrap();
+        let calls = f.fake.calls();
+        let patches: Vec<_> = calls.iter().filter(|c| c.verb == "patch").collect();
+        assert_eq!(patches.len(), 2, "{:?}", f.fake.short_calls());
+        let patch = |name: &str| {
+            let path = format!("/api/v1/namespaces/ns/pods/{name}");
+            patches
+                .iter()
+                .find(|c| c.path == path)
+                .map(|c| c.body["metadata"]["ownerReferences"].clone())
+        };
+        let adopted = patch("orphan").expect("the orphan is adopted");
+        assert_eq!(adopted[0]["uid"], "uid-web");
+        assert_eq!(adopted[0]["controller"], true);
+        let released = patch("strayed").expect("the strayed pod is released");
+        assert_eq!(released, json!([{"$patch": "delete", "uid": "uid-web"}]));
+        // kept + orphan are the two replicas: nothing to create.
+        assert!(calls.iter().all(|c| c.verb != "create"));
+        assert_eq!(calls.last().unwrap().body["status"]["replicas"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_replica_set_being_deleted_adopts_and_creates_nothing() {
+        let f = fixture();
+        let rs = with_rs(replica_set("web", 3), |rs| {
+            rs.metadata.deletion_timestamp = Some(ago(1))
+        });
+        f.ctx.informers.replica_sets.apply(rs);
+        f.ctx.informers.pods.apply(pod("orphan", None));
+        f.controller.reconcile("ns/web").await.unwrap();
+        assert_eq!(
+            f.fake.short_calls(),
+            vec!["update /apis/apps/v1/namespaces/ns/replicasets/web/status"]
+        );
+    }
+
+    fn with_rs(mut rs: ReplicaSet, f: impl FnOnce(&mut ReplicaSet)) -> ReplicaSet {
+        f(&mut rs);
+        rs
+    }
+
+    #[tokio::test]
+    async fn status_counts_ready_and_available_and_requeues_for_min_ready_seconds() {
+        let f = fixture();
+        let rs = with_rs(replica_set("web", 3), |rs| {
+            rs.spec.as_mut().unwrap().min_ready_seconds = Some(30)
+        });
+        f.ctx.informers.replica_sets.apply(rs.clone());
+        f.ctx.informers.pods.apply(pod("available", Some(&rs)));
+        f.ctx
+            .informers
+            .pods
+            .apply(with(pod("just-ready", Some(&rs)), |p| {
+                p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time =
+                    Some(ago(10))
+            }));
+        f.ctx
+            .informers
+            .pods
+            .apply(with(pod("mislabeled", Some(&rs)), |p| {
+                p.metadata.labels = labels(&[("app", "web")]);
+                not_ready(p);
+            }));
+        let action = f.controller.reconcile("ns/web").await.unwrap();
+        let status = f.fake.calls().last().unwrap().body["status"].clone();
+        assert_eq!(status["replicas"], 3);
+        assert_eq!(status["fullyLabeledReplicas"], 2);
+        assert_eq!(status["readyReplicas"], 2);
+        assert_eq!(status["availableReplicas"], 1);
+        // just-ready becomes available 20 s from now; look again just after.
+        let Action::RequeueAfter(delay) = action else {
+            panic!("expected a requeue, got {action:?}");
+        };
+        assert!(
+            delay > Duration::from_secs(20) && delay <= Duration::from_secs(22),
+            "{delay:?}"
+        );
+        // The same status again is not written.
+        let mut written = rs.clone();
+        written.status = serde_json::from_value(status).unwrap();
+        f.ctx.informers.replica_sets.apply(written);
+        f.fake.clear();
+        f.controller.reconcile("ns/web").await.unwrap();
+        assert!(f.fake.calls().is_empty(), "{:?}", f.fake.short_calls());
+    }
+
+    #[tokio::test]
+    async fn a_missing_replica_set_needs_nothing() {
+        let f = fixture();
+        assert_eq!(
+            f.controller.reconcile("ns/gone").await.unwrap(),
+            Action::Done
+        );
+        assert!(f.fake.calls().is_empty());
+    }
+
+    #[test]
+    fn selectors_match_like_upstream() {
+        let expr = |key: &str, op: &str, values: &[&str]| LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        };
+        let selector =
+            |labels_: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>| LabelSelector {
+                match_labels: (!labels_.is_empty()).then(|| labels(labels_).unwrap()),
+                match_expressions: (!exprs.is_empty()).then_some(exprs),
+            };
+        let web = labels(&[("app", "web"), ("env", "prod")]);
+        let cases: Vec<(&str, Option<LabelSelector>, Result<bool, ()>)> = vec![
+            ("missing selects nothing", None, Ok(false)),
+            (
+                "empty selects everything",
+                Some(selector(&[], vec![])),
+                Ok(true),
+            ),
+            (
+                "labels match",
+                Some(selector(&[("app", "web")], vec![])),
+                Ok(true),
+            ),
+            (
+                "labels differ",
+                Some(selector(&[("app", "db")], vec![])),
+                Ok(false),
+            ),
+            (
+                "in",
+                Some(selector(&[], vec![expr("env", "In", &["prod", "qa"])])),
+                Ok(true),
+            ),
+            (
+                "notin",
+                Some(selector(&[], vec![expr("env", "NotIn", &["prod"])])),
+                Ok(false),
+            ),
+            (
+                "notin absent",
+                Some(selector(&[], vec![expr("x", "NotIn", &["1"])])),
+                Ok(true),
+            ),
+            (
+                "exists",
+                Some(selector(&[], vec![expr("env", "Exists", &[])])),
+                Ok(true),
+            ),
+            (
+                "does not exist",
+                Some(selector(&[], vec![expr("env", "DoesNotExist", &[])])),
+                Ok(false),
+            ),
+            (
+                "in without values",
+                Some(selector(&[], vec![expr("env", "In", &[])])),
+                Err(()),
+            ),
+            (
+                "exists with values",
+                Some(selector(&[], vec![expr("env", "Exists", &["a"])])),
+                Err(()),
+            ),
+            (
+                "bad operator",
+                Some(selector(&[], vec![expr("env", "Near", &["a"])])),
+                Err(()),
+            ),
+        ];
+        for (name, sel, expected) in cases {
+            let got = Selector::new(sel.as_ref())
+                .map(|s| s.matches(web.as_ref()))
+                .map_err(|_| ());
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn claims_follow_the_controller_ref_manager() {
+        let owner = replica_set("web", 1).metadata;
+        let deleting = ObjectMeta {
+            deletion_timestamp: Some(ago(1)),
+            ..owner.clone()
+        };
+        let ours = pod("a", Some(&replica_set("web", 1))).metadata;
+        let theirs = pod("b", Some(&replica_set("other", 1))).metadata;
+        let orphan = pod("c", None).metadata;
+        let orphan_elsewhere = ObjectMeta {
+            namespace: Some("other".into()),
+            ..orphan.clone()
+        };
+        let cases = [
+            ("ours, matching", &owner, &ours, true, Claim::Owned),
+            ("ours, not matching", &owner, &ours, false, Claim::Release),
+            (
+                "ours, owner deleting",
+                &deleting,
+                &ours,
+                false,
+                Claim::Ignore,
+            ),
+            (
+                "ours, matching, owner deleting",
+                &deleting,
+                &ours,
+                true,
+                Claim::Owned,
+            ),
+            ("someone else's", &owner, &theirs, true, Claim::Ignore),
+            ("orphan, matching", &owner, &orphan, true, Claim::Adopt),
+            (
+                "orphan, not matching",
+                &owner,
+                &orphan,
+                false,
+                Claim::Ignore,
+            ),
+            (
+                "orphan, owner deleting",
+                &deleting,
+                &orphan,
+                true,
+                Claim::Ignore,
+            ),
+            (
+                "orphan in another namespace",
+                &owner,
+                &orphan_elsewhere,
+                true,
+                Claim::Ignore,
+            ),
+        ];
+        for (name, owner, obj, matches, expected) in cases {
+            assert_eq!(claim(owner, obj, matches), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn slow_start_doubles() {
+        let cases: &[(usize, &[usize])] = &[
+            (0, &[]),
+            (1, &[1]),
+            (3, &[1, 2]),
+            (10, &[1, 2, 4, 3]),
+            (500, &[1, 2, 4, 8, 16, 32, 64, 128, 245]),
+        ];
+        for (count, expected) in cases {
+            assert_eq!(slow_start_batches(*count), *expected, "{count}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expectations_expire() {
+        let e = Expectations::default();
+        e.expect_creations("k", 2);
+        assert!(!e.satisfied("k", Instant::now()));
+        e.creation_observed("k");
+        e.creation_observed("k");
+        assert!(e.satisfied("k", Instant::now()));
+        e.expect_deletions("k", ["ns/a".to_string()]);
+        e.deletion_observed("k", "ns/b");
+        assert!(
+            !e.satisfied("k", Instant::now()),
+            "another pod's deletion does not count"
+        );
+        tokio::time::advance(EXPECTATIONS_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(e.satisfied("k", Instant::now()));
+    }
+}
