@@ -7,12 +7,14 @@
 
 pub mod client;
 pub mod daemonset;
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
 pub mod history;
 pub mod leader;
 pub mod nodeipam;
+pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -287,6 +289,8 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
         ("nodeipam", nodeipam::start),
         ("daemonset", daemonset::start),
         ("statefulset", statefulset::start),
+        ("replicaset", replicaset::start),
+        ("deployment", deployment::start),
     ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
