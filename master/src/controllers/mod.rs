@@ -271,7 +271,8 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[];
+    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] =
+        &[("scheduler", crate::scheduler::start)];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
