@@ -272,7 +272,8 @@ impl<'a> AffinityFilter<'a> {
                 }
             }
             // The first pod of a group with affinity to itself may go anywhere.
-            if !pods_exist && !(self.affinity.is_empty() && self.matches_own_terms) {
+            let first_of_group = self.affinity.is_empty() && self.matches_own_terms;
+            if !pods_exist && !first_of_group {
                 return Err(Rejection::unresolvable(REASON_AFFINITY));
             }
         }

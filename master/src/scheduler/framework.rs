@@ -274,7 +274,7 @@ impl Scheduler {
             } else if total == self.totals[best] {
                 ties += 1;
                 // Reservoir sampling: the i-th equal replaces the choice with chance 1/ties.
-                if self.random() % ties == 0 {
+                if self.random().is_multiple_of(ties) {
                     best = i;
                 }
             }

@@ -154,7 +154,7 @@ impl Queue {
         }
     }
 
-    fn to_backoff(&mut self, key: &str, until: Instant) {
+    fn send_to_backoff(&mut self, key: &str, until: Instant) {
         let seq = self.bump();
         if let Some(entry) = self.entries.get_mut(key) {
             entry.seq = seq;
@@ -169,7 +169,7 @@ impl Queue {
             return;
         };
         match entry.last_failure.map(|at| at + backoff(entry.attempts)) {
-            Some(until) if until > now => self.to_backoff(key, until),
+            Some(until) if until > now => self.send_to_backoff(key, until),
             _ => self.activate(key),
         }
     }
@@ -298,7 +298,7 @@ impl Queue {
         entry.attempts = entry.attempts.saturating_add(1);
         entry.last_failure = Some(now);
         let until = now + backoff(entry.attempts);
-        self.to_backoff(key, until);
+        self.send_to_backoff(key, until);
     }
 
     /// A cluster event that may make parked pods schedulable: move them all back.
