@@ -114,8 +114,10 @@ impl NodeInfo {
 
     fn add(&mut self, pod: Arc<PodInfo>) {
         self.requested.add(&pod.requests.resources);
-        self.non_zero_cpu += pod.requests.non_zero_cpu;
-        self.non_zero_memory += pod.requests.non_zero_memory;
+        self.non_zero_cpu = self.non_zero_cpu.saturating_add(pod.requests.non_zero_cpu);
+        self.non_zero_memory = self
+            .non_zero_memory
+            .saturating_add(pod.requests.non_zero_memory);
         self.host_ports.extend(pod.host_ports.iter().cloned());
         self.pods.push(pod);
     }
@@ -126,8 +128,10 @@ impl NodeInfo {
         };
         self.pods.swap_remove(i);
         self.requested.sub(&pod.requests.resources);
-        self.non_zero_cpu -= pod.requests.non_zero_cpu;
-        self.non_zero_memory -= pod.requests.non_zero_memory;
+        self.non_zero_cpu = self.non_zero_cpu.saturating_sub(pod.requests.non_zero_cpu);
+        self.non_zero_memory = self
+            .non_zero_memory
+            .saturating_sub(pod.requests.non_zero_memory);
         for port in &pod.host_ports {
             if let Some(j) = self.host_ports.iter().position(|p| p == port) {
                 self.host_ports.swap_remove(j);

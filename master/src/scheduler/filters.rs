@@ -164,7 +164,7 @@ pub fn resources_fit(facts: &PodFacts<'_>, node: &NodeInfo, _: &CycleState<'_>) 
     let want = &facts.requests.resources;
     if !want.is_zero() {
         let (have, used) = (&node.allocatable, &node.requested);
-        let short = |want: i64, have: i64, used: i64| want > 0 && want > have - used;
+        let short = |want: i64, have: i64, used: i64| want > 0 && want > have.saturating_sub(used);
         if short(want.milli_cpu, have.milli_cpu, used.milli_cpu) {
             reject("Insufficient cpu".into(), want.milli_cpu > have.milli_cpu);
         }

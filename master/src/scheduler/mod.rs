@@ -285,11 +285,15 @@ impl Shared {
                     let shared = self.clone();
                     let api = api.clone();
                     let events = events.clone();
-                    writes.spawn(async move {
-                        shared
-                            .bind(&api, &events, &pod, key, uid, node, permit)
-                            .await;
-                    });
+                    let span = tracing::debug_span!("bind", pod = %key, node);
+                    writes.spawn(
+                        async move {
+                            shared
+                                .bind(&api, &events, &pod, key, uid, node, permit)
+                                .await;
+                        }
+                        .instrument(span),
+                    );
                 }
                 Outcome::Report { reason, message } => {
                     events.record(

@@ -37,7 +37,7 @@ pub fn total(
     let raw = &mut scratch.raw;
     let add = |totals: &mut [i64], weight: i64, scores: &[i64]| {
         for (t, s) in totals.iter_mut().zip(scores) {
-            *t += weight * s;
+            *t = t.saturating_add(weight.saturating_mul(*s));
         }
     };
     let nodes = || feasible.iter().map(|&id| cache.node(id));
@@ -89,32 +89,33 @@ fn fill(raw: &mut Vec<i64>, scores: impl Iterator<Item = i64>) {
 /// NodeResourcesFit's `LeastAllocated`: the share of CPU and memory left free after placing the
 /// pod, counting pods without requests at the non-zero defaults.
 pub fn least_allocated(facts: &PodFacts<'_>, node: &NodeInfo) -> i64 {
+    // In i128: allocatable may be as large as a quantity gets.
     let resources = [
         (
-            node.non_zero_cpu + facts.requests.non_zero_cpu,
-            node.allocatable.milli_cpu,
+            i128::from(node.non_zero_cpu) + i128::from(facts.requests.non_zero_cpu),
+            i128::from(node.allocatable.milli_cpu),
         ),
         (
-            node.non_zero_memory + facts.requests.non_zero_memory,
-            node.allocatable.memory,
+            i128::from(node.non_zero_memory) + i128::from(facts.requests.non_zero_memory),
+            i128::from(node.allocatable.memory),
         ),
     ];
-    let (mut sum, mut weights) = (0, 0);
+    let (mut sum, mut weights) = (0i128, 0i128);
     for (requested, capacity) in resources {
-        if capacity == 0 {
+        if capacity <= 0 {
             continue;
         }
         sum += if requested > capacity {
             0
         } else {
-            (capacity - requested) * MAX_NODE_SCORE / capacity
+            (capacity - requested) * i128::from(MAX_NODE_SCORE) / capacity
         };
         weights += 1;
     }
     if weights == 0 {
         0
     } else {
-        sum / weights
+        i64::try_from(sum / weights).unwrap_or(0)
     }
 }
 
@@ -126,10 +127,13 @@ pub fn balanced_allocation(facts: &PodFacts<'_>, node: &NodeInfo) -> i64 {
         (capacity != 0).then(|| (requested as f64 / capacity as f64).min(1.0))
     };
     let cpu = fraction(
-        node.requested.milli_cpu + want.milli_cpu,
+        node.requested.milli_cpu.saturating_add(want.milli_cpu),
         node.allocatable.milli_cpu,
     );
-    let memory = fraction(node.requested.memory + want.memory, node.allocatable.memory);
+    let memory = fraction(
+        node.requested.memory.saturating_add(want.memory),
+        node.allocatable.memory,
+    );
     let std = match (cpu, memory) {
         (Some(c), Some(m)) => ((c - m) / 2.0).abs(),
         _ => 0.0,

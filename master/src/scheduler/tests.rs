@@ -363,6 +363,20 @@ fn resource_cases() -> Vec<Case> {
                  nodes are available: 1 Preemption is not helpful for scheduling.",
             ),
         ),
+        case(
+            "quantities as large as they get neither overflow nor panic",
+            vec![
+                n("n1").with(json!({"status": {"allocatable": {"memory": "9Ei"}}})),
+                n("n2").with(json!({"status": {"allocatable": {"memory": "9Ei"}}})),
+                n("n3").with(json!({"status": {"allocatable": {"memory": "9Ei"}}})),
+            ],
+            vec![
+                on(pod("a", "", "9Ei"), "n1"),
+                on(pod("b", "", "9Ei"), "n1"),
+            ],
+            pod("p", "1", "1Gi"),
+            Placed(&["n2", "n3"]),
+        ),
     ]
 }
 
@@ -1473,10 +1487,14 @@ fn throughput() {
     let mut cache = cache_of(&nodes, &[]);
     let namespaces = namespaces();
     let mut scheduler = Scheduler::new();
+    let pods: Vec<Pod> = (0..10_000)
+        .map(|i| {
+            pod(&format!("p{i}"), "100m", "128Mi")
+                .with(owned_by("ReplicaSet", &format!("rs{}", i % 20)))
+        })
+        .collect();
     let started = std::time::Instant::now();
-    for i in 0..10_000 {
-        let p = pod(&format!("p{i}"), "100m", "128Mi")
-            .with(owned_by("ReplicaSet", &format!("rs{}", i % 20)));
+    for p in pods {
         match scheduler.schedule(&p, &cache, &namespaces) {
             Decision::Placed(id) => {
                 let name = cache.node(id).name.clone();
