@@ -291,6 +291,7 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
         ("statefulset", statefulset::start),
         ("replicaset", replicaset::start),
         ("deployment", deployment::start),
+        ("scheduler", crate::scheduler::start),
     ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
