@@ -6,9 +6,12 @@
 //! leader Lease runs them ([`leader`]); every master serves the API.
 
 pub mod client;
+pub mod cronjob;
 pub mod events;
+pub mod job;
 pub mod leader;
 pub mod runtime;
+pub mod ttl;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +54,8 @@ impl Error {
 pub struct Config {
     /// Controllers to run: `*` for all, a name to enable one, `-name` to disable one
     /// (for example `*,-cronjob`). Names: replicaset, deployment, daemonset, statefulset, job,
-    /// cronjob, endpoint, endpointslice, nodelifecycle, nodeipam, namespace, garbagecollector,
-    /// serviceaccount, scheduler.
+    /// cronjob, ttl-after-finished, endpoint, endpointslice, nodelifecycle, nodeipam, namespace,
+    /// garbagecollector, serviceaccount, scheduler.
     #[arg(
         long,
         env = "SKIFF_CONTROLLERS",
@@ -271,7 +274,11 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[];
+    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[
+        ("job", job::start),
+        ("cronjob", cronjob::start),
+        ("ttl-after-finished", ttl::start),
+    ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
