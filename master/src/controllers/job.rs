@@ -145,6 +145,8 @@ struct State {
     /// Pod UIDs per Job whose finalizer this process removed and the cache still shows.
     released: HashMap<Key, HashSet<String>>,
     backoff: HashMap<Key, BackoffRecord>,
+    /// The UID of the Job last seen under each key, to find its pods once it is gone.
+    uids: HashMap<Key, String>,
 }
 
 pub struct JobController {
@@ -642,6 +644,7 @@ impl JobController {
         state.expected.remove(key);
         state.released.remove(key);
         state.backoff.remove(key);
+        state.uids.remove(key);
     }
 
     /// The backoff record of `key` (tests read it).
@@ -672,24 +675,30 @@ impl JobController {
     pub async fn sync(&self, key: &str, now: Timestamp) -> Result<Action, Error> {
         let (namespace, name) = split_key(key);
         let Some(job) = self.ctx.informers.jobs.get(key) else {
-            self.forget(key);
-            self.release_orphans(namespace.unwrap_or_default(), name, None)
+            // Gone: its pods keep no finalizer. The last UID seen finds them without a scan.
+            let last_uid = self.lock().uids.get(key).cloned();
+            let held = self
+                .release_orphans(namespace.unwrap_or_default(), name, last_uid.as_deref())
                 .await?;
+            if !held {
+                self.forget(key);
+            }
             return Ok(Action::Done);
         };
         let managed_by = job.spec.as_ref().and_then(|s| s.managed_by.as_deref());
         if managed_by.is_some_and(|m| m != MANAGED_BY) {
             return Ok(Action::Done);
         }
+        let job_uid = uid(&job.metadata).to_string();
         if finished_condition(&job).is_some() || job.metadata.deletion_timestamp.is_some() {
-            self.release_orphans(namespace.unwrap_or_default(), name, None)
+            self.release_orphans(namespace.unwrap_or_default(), name, Some(&job_uid))
                 .await?;
             let mut state = self.lock();
             state.expected.remove(key);
             state.backoff.remove(key);
             return Ok(Action::Done);
         }
-        let job_uid = uid(&job.metadata).to_string();
+        self.lock().uids.insert(key.to_string(), job_uid.clone());
         let pods: Vec<Arc<Pod>> = self
             .ctx
             .informers
@@ -709,25 +718,29 @@ impl JobController {
         .await
     }
 
-    /// Removes the tracking finalizer from pods whose Job (by name) is gone or finished, or is
-    /// not the Job with `live_uid`.
+    /// Removes the tracking finalizer from the pods of a Job that is gone or finished: those of
+    /// `owner_uid` if known, else every pod whose controller is a Job of this name. Answers
+    /// whether any such pod was found holding it.
     async fn release_orphans(
         &self,
         namespace: &str,
         name: &str,
-        live_uid: Option<&str>,
-    ) -> Result<(), Error> {
-        let pods = self.ctx.informers.pods.list_in(namespace);
+        owner_uid: Option<&str>,
+    ) -> Result<bool, Error> {
+        let pods = match owner_uid {
+            Some(owner) => self.ctx.informers.pods.owned_by(owner),
+            None => self.ctx.informers.pods.list_in(namespace),
+        };
+        let mut held = false;
         for pod in pods {
-            let Some(owner) = controller_of(&pod.metadata, "Job") else {
-                continue;
-            };
-            if owner.name != name || Some(owner.uid.as_str()) == live_uid || !has_finalizer(&pod) {
-                continue;
+            let ours = controller_of(&pod.metadata, "Job")
+                .is_some_and(|o| o.name == name && owner_uid.is_none_or(|u| u == o.uid));
+            if ours && has_finalizer(&pod) {
+                held = true;
+                self.remove_finalizer(&pod).await?;
             }
-            self.remove_finalizer(&pod).await?;
         }
-        Ok(())
+        Ok(held)
     }
 
     async fn remove_finalizer(&self, pod: &Pod) -> Result<(), Error> {

@@ -723,3 +723,25 @@ fn active_targets_and_backoff_delays() {
     assert_eq!(record.remaining(30_000), Duration::ZERO);
     assert_eq!(BackoffRecord::default().remaining(0), Duration::ZERO);
 }
+
+#[tokio::test]
+async fn after_deletion_the_last_seen_uid_finds_the_pods() {
+    let h = Harness::new(
+        job(|_, s| {
+            s.active = Some(1);
+            s.ready = Some(1);
+        }),
+        vec![pod("a", "Running")],
+    );
+    h.sync().await;
+    // The Job is deleted; a pod of another Job that had the same name must be left alone.
+    h.ctrl.ctx.informers.jobs.delete(&job(|_, _| {}));
+    let mut other = pod("x", "Running");
+    if let Some(owner) = other.metadata.owner_references.as_mut() {
+        owner[0].uid = "older-uid".into();
+    }
+    h.ctrl.ctx.informers.pods.apply(other);
+    h.fake.clear();
+    h.sync().await;
+    assert_eq!(h.calls(), vec!["patch /api/v1/namespaces/ns/pods/a"]);
+}
