@@ -6,18 +6,21 @@
 //! leader Lease runs them ([`leader`]); every master serves the API.
 
 pub mod client;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
 pub mod history;
+pub mod job;
 pub mod leader;
 pub mod nodeipam;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod ttl;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -61,8 +64,8 @@ impl Error {
 pub struct Config {
     /// Controllers to run: `*` for all, a name to enable one, `-name` to disable one
     /// (for example `*,-cronjob`). Names: replicaset, deployment, daemonset, statefulset, job,
-    /// cronjob, endpoint, endpointslice, nodelifecycle, nodeipam, namespace, garbagecollector,
-    /// serviceaccount, scheduler.
+    /// cronjob, ttl-after-finished, endpoint, endpointslice, nodelifecycle, nodeipam, namespace,
+    /// garbagecollector, serviceaccount, scheduler.
     #[arg(
         long,
         env = "SKIFF_CONTROLLERS",
@@ -292,6 +295,9 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
         ("replicaset", replicaset::start),
         ("deployment", deployment::start),
         ("scheduler", crate::scheduler::start),
+        ("job", job::start),
+        ("cronjob", cronjob::start),
+        ("ttl-after-finished", ttl::start),
     ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
