@@ -865,11 +865,7 @@ async fn store_update(
         .get("metadata")
         .and_then(|m| m.get("deletionTimestamp"))
         .is_some();
-    let finalizers_empty = object
-        .get("metadata")
-        .and_then(|m| m.get("finalizers"))
-        .and_then(Value::as_array)
-        .is_none_or(Vec::is_empty);
+    let finalizers_empty = !super::propagation::held(r.kind, &object);
     let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if deleting && finalizers_empty {
         return match state.store.delete(&target.key(name), Some(expected)).await {
@@ -1089,10 +1085,9 @@ async fn delete(
             return Err(ApiError::conflict(r.plural, r.group, &name));
         }
     }
-    let has_finalizers = current
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+    let before = current.clone();
+    super::propagation::before_delete(r, &name, &mut current, &options)?;
+    let has_finalizers = super::propagation::held(r.kind, &current);
     if dry_run(&query) {
         return Ok(json_response(
             StatusCode::OK,
@@ -1101,10 +1096,12 @@ async fn delete(
     }
     if has_finalizers {
         // Finalizers hold the object: mark it deleting; the last finalizer's removal deletes it.
-        if current.pointer("/metadata/deletionTimestamp").is_none() {
+        if current.pointer("/metadata/deletionTimestamp").is_none() || current != before {
             if let Some(meta) = current.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                if !meta.contains_key("deletionTimestamp") {
+                    meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                }
             }
             let bytes =
                 serde_json::to_vec(&current).map_err(|e| ApiError::bad_request(e.to_string()))?;

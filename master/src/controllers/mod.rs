@@ -7,7 +7,11 @@
 
 pub mod client;
 pub mod events;
+pub mod garbagecollector;
 pub mod leader;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -52,7 +56,7 @@ pub struct Config {
     /// Controllers to run: `*` for all, a name to enable one, `-name` to disable one
     /// (for example `*,-cronjob`). Names: replicaset, deployment, daemonset, statefulset, job,
     /// cronjob, endpoint, endpointslice, nodelifecycle, nodeipam, namespace, garbagecollector,
-    /// serviceaccount, scheduler.
+    /// podgc, serviceaccount, scheduler.
     #[arg(
         long,
         env = "SKIFF_CONTROLLERS",
@@ -271,7 +275,12 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
 
     // Loops register their informer callbacks before the informers start, so none misses the
     // first list.
-    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[];
+    let loops: &[(&str, fn(&Context, &mut JoinSet<()>))] = &[
+        ("nodelifecycle", nodelifecycle::start),
+        ("namespace", namespace::start),
+        ("garbagecollector", garbagecollector::start),
+        ("podgc", podgc::start),
+    ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
