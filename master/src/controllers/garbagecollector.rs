@@ -45,6 +45,11 @@ const FOREGROUND_RECHECK: Duration = Duration::from_secs(10);
 /// How many absent owner UIDs are remembered.
 const ABSENT_CACHE: usize = 10_000;
 
+/// Reads one object's metadata from a cache by key.
+type GetMeta = Box<dyn Fn(&str) -> Option<ObjectMeta> + Send + Sync>;
+/// Reads the metadata of the cached objects owned by a UID.
+type OwnedBy = Box<dyn Fn(&str) -> Vec<ObjectMeta> + Send + Sync>;
+
 /// One kind the collector reads from a cache.
 struct Kind {
     kind: String,
@@ -53,8 +58,8 @@ struct Kind {
     namespaced: bool,
     /// Whether objects of this kind are collected when their owners are gone.
     collectable: bool,
-    get: Box<dyn Fn(&str) -> Option<ObjectMeta> + Send + Sync>,
-    owned_by: Box<dyn Fn(&str) -> Vec<ObjectMeta> + Send + Sync>,
+    get: GetMeta,
+    owned_by: OwnedBy,
     path: fn(Option<&str>, &str) -> String,
 }
 
@@ -129,8 +134,9 @@ fn has_finalizer(meta: &ObjectMeta, finalizer: &str) -> bool {
 /// What became of one owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
-    /// Exists and is not deleting its dependents; `watched` when an informer keeps it.
-    Solid { watched: bool },
+    /// Exists and is not deleting its dependents; `recheck` when no informer tells of its
+    /// deletion, so the dependent must be looked at again now and then.
+    Solid { recheck: bool },
     /// Exists, marked for deletion with `foregroundDeletion`.
     Waiting,
     /// Gone, or replaced by another object with the name.
@@ -317,26 +323,26 @@ impl GarbageCollector {
         if self.is_absent(&r.uid) {
             return Ok(Owner::Dangling);
         }
-        let classify = |meta: &ObjectMeta, watched: bool| {
+        let classify = |meta: &ObjectMeta, recheck: bool| {
             if meta.uid.as_deref() != Some(r.uid.as_str()) {
                 Owner::Dangling
             } else if meta.deletion_timestamp.is_some() && has_finalizer(meta, FOREGROUND) {
                 Owner::Waiting
             } else {
-                Owner::Solid { watched }
+                Owner::Solid { recheck }
             }
         };
         let group = group_of(&r.api_version);
-        let (path, watched) = match owner_kind(&self.kinds, r) {
+        let (path, recheck) = match owner_kind(&self.kinds, r) {
             Some(k) => {
                 let ns = if k.namespaced { namespace } else { None };
                 if let Some(meta) = (k.get)(&key(ns, &r.name)) {
-                    let found = classify(&meta, true);
+                    let found = classify(&meta, false);
                     if found != Owner::Dangling {
                         return Ok(found);
                     }
                 }
-                ((k.path)(ns, &r.name), true)
+                ((k.path)(ns, &r.name), false)
             }
             None => {
                 let found = crate::api::resources::RESOURCES
@@ -349,10 +355,10 @@ impl GarbageCollector {
                         api_version = r.api_version,
                         "owner kind unknown; keeping dependent"
                     );
-                    return Ok(Owner::Solid { watched: false });
+                    return Ok(Owner::Solid { recheck: false });
                 };
                 let ns = if res.namespaced { namespace } else { None };
-                (api_path(res, ns, &r.name), false)
+                (api_path(res, ns, &r.name), true)
             }
         };
         match self.ctx.api.raw().get(&path).await {
@@ -362,7 +368,7 @@ impl GarbageCollector {
                     .cloned()
                     .and_then(|m| serde_json::from_value(m).ok())
                     .unwrap_or_default();
-                let found = classify(&meta, watched);
+                let found = classify(&meta, recheck);
                 if found == Owner::Dangling {
                     self.remember_absent(&r.uid);
                 }
@@ -386,9 +392,9 @@ impl GarbageCollector {
         }
         let uid = meta.uid.clone().unwrap_or_default();
         let has_dependents = !self.dependents(&uid).is_empty();
-        let unwatched = owners
+        let recheck = owners
             .iter()
-            .any(|(_, o)| *o == Owner::Solid { watched: false });
+            .any(|(_, o)| *o == Owner::Solid { recheck: true });
         let name = meta.name.as_deref().unwrap_or_default();
         let ns = meta.namespace.as_deref().filter(|n| !n.is_empty());
         let path = (k.path)(ns, name);
@@ -422,7 +428,7 @@ impl GarbageCollector {
                 return Ok(Action::Done);
             }
         }
-        Ok(if unwatched {
+        Ok(if recheck {
             Action::RequeueAfter(UNWATCHED_OWNER_RECHECK)
         } else {
             Action::Done
@@ -571,5 +577,330 @@ impl Reconciler for GarbageCollector {
             return self.attempt_delete(k, &meta).await;
         }
         Ok(Action::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::client::RecordingClient;
+    use crate::controllers::Config;
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn setup() -> (GarbageCollector, RecordingClient) {
+        let fake = RecordingClient::new();
+        let (ctx, _rx) = Context::new(Arc::new(fake.clone()), Config::default());
+        let i = &ctx.informers;
+        i.pods.mark_synced();
+        i.nodes.mark_synced();
+        i.namespaces.mark_synced();
+        i.services.mark_synced();
+        i.endpoints.mark_synced();
+        i.endpoint_slices.mark_synced();
+        i.service_accounts.mark_synced();
+        i.replica_sets.mark_synced();
+        i.deployments.mark_synced();
+        i.daemon_sets.mark_synced();
+        i.stateful_sets.mark_synced();
+        i.controller_revisions.mark_synced();
+        i.jobs.mark_synced();
+        i.cron_jobs.mark_synced();
+        i.node_leases.mark_synced();
+        (GarbageCollector::new(ctx), fake)
+    }
+
+    fn owner(kind: &str, api_version: &str, name: &str, uid: &str, block: bool) -> OwnerReference {
+        OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: block.then_some(true),
+        }
+    }
+
+    fn rs_ref(name: &str, uid: &str) -> OwnerReference {
+        owner("ReplicaSet", "apps/v1", name, uid, true)
+    }
+
+    fn meta(name: &str, uid: &str, owners: Vec<OwnerReference>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            uid: Some(uid.into()),
+            resource_version: Some("3".into()),
+            owner_references: (!owners.is_empty()).then_some(owners),
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str, owners: Vec<OwnerReference>) -> Pod {
+        Pod {
+            metadata: meta(name, &format!("uid-{name}"), owners),
+            ..Default::default()
+        }
+    }
+
+    fn rs(name: &str, uid: &str, finalizer: Option<&str>) -> ReplicaSet {
+        let mut m = meta(name, uid, vec![]);
+        if let Some(f) = finalizer {
+            m.finalizers = Some(vec![f.into()]);
+            m.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        }
+        ReplicaSet {
+            metadata: m,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn orphans_are_deleted_and_owned_objects_kept() {
+        let (gc, fake) = setup();
+        let i = &gc.ctx.informers;
+        i.replica_sets.apply(rs("web-1", "rs1", None));
+        i.pods.apply(pod("owned", vec![rs_ref("web-1", "rs1")]));
+        i.pods.apply(pod("orphan", vec![rs_ref("old", "rs-gone")]));
+        i.pods
+            .apply(pod("replaced", vec![rs_ref("web-1", "rs-previous")]));
+        i.pods.apply(pod(
+            "half",
+            vec![rs_ref("old", "rs-gone"), rs_ref("web-1", "rs1")],
+        ));
+        i.pods.apply(pod(
+            "by-configmap",
+            vec![owner("ConfigMap", "v1", "cfg", "cm1", false)],
+        ));
+        i.pods.apply(pod(
+            "by-dead-configmap",
+            vec![owner("ConfigMap", "v1", "dead", "cm2", false)],
+        ));
+        i.pods.apply(pod(
+            "by-unknown-kind",
+            vec![owner("Widget", "example.com/v1", "w", "w1", false)],
+        ));
+        fake.set_object(
+            "/api/v1/namespaces/default/configmaps/cfg",
+            json!({"metadata": {"name": "cfg", "uid": "cm1"}}),
+        );
+        let rs_path = "/apis/apps/v1/namespaces/default/replicasets";
+        let pods = "/api/v1/namespaces/default/pods";
+        let cases: Vec<(&str, Vec<String>, Action)> = vec![
+            ("owned", vec![], Action::Done),
+            (
+                "orphan",
+                vec![
+                    format!("get {rs_path}/old"),
+                    format!("delete {pods}/orphan"),
+                ],
+                Action::Done,
+            ),
+            (
+                "replaced",
+                vec![
+                    format!("get {rs_path}/web-1"),
+                    format!("delete {pods}/replaced"),
+                ],
+                Action::Done,
+            ),
+            // "old" is remembered as absent: no second GET.
+            ("half", vec![format!("patch {pods}/half")], Action::Done),
+            (
+                "by-configmap",
+                vec!["get /api/v1/namespaces/default/configmaps/cfg".into()],
+                Action::RequeueAfter(UNWATCHED_OWNER_RECHECK),
+            ),
+            (
+                "by-dead-configmap",
+                vec![
+                    "get /api/v1/namespaces/default/configmaps/dead".into(),
+                    format!("delete {pods}/by-dead-configmap"),
+                ],
+                Action::Done,
+            ),
+            ("by-unknown-kind", vec![], Action::Done),
+        ];
+        for (name, calls, action) in cases {
+            fake.clear();
+            let got = gc.reconcile(&format!("pods/default/{name}")).await.unwrap();
+            assert_eq!((fake.short_calls(), got), (calls, action), "{name}");
+        }
+        // The deletion is preconditioned and in background; the patch keeps the live owner.
+        fake.clear();
+        gc.reconcile("pods/default/orphan").await.unwrap();
+        let body = &fake.calls()[0].body;
+        assert_eq!(body["propagationPolicy"], "Background");
+        assert_eq!(body["preconditions"]["uid"], "uid-orphan");
+        assert_eq!(body["preconditions"]["resourceVersion"], "3");
+        fake.clear();
+        gc.reconcile("pods/default/half").await.unwrap();
+        let refs = &fake.calls()[0].body["metadata"]["ownerReferences"];
+        assert_eq!(refs.as_array().unwrap().len(), 1);
+        assert_eq!(refs[0]["uid"], "rs1");
+    }
+
+    #[tokio::test]
+    async fn foreground_deletes_dependents_and_waits_for_the_blocking_ones() {
+        let (gc, fake) = setup();
+        let i = &gc.ctx.informers;
+        i.replica_sets.apply(rs("fg", "fg1", Some(FOREGROUND)));
+        let blocking = pod("blocking", vec![rs_ref("fg", "fg1")]);
+        i.pods.apply(blocking.clone());
+        i.pods.apply(pod(
+            "loose",
+            vec![owner("ReplicaSet", "apps/v1", "fg", "fg1", false)],
+        ));
+        let mut leaving = pod("leaving", vec![rs_ref("fg", "fg1")]);
+        leaving.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        i.pods.apply(leaving.clone());
+
+        let action = gc.reconcile("replicasets/default/fg").await.unwrap();
+        assert_eq!(action, Action::RequeueAfter(FOREGROUND_RECHECK));
+        assert_eq!(
+            fake.short_calls(),
+            vec![
+                "delete /api/v1/namespaces/default/pods/blocking",
+                "delete /api/v1/namespaces/default/pods/loose",
+            ]
+        );
+
+        // The blocking pods are gone; the loose one does not hold the owner.
+        fake.clear();
+        i.pods.delete(&blocking);
+        i.pods.delete(&leaving);
+        let action = gc.reconcile("replicasets/default/fg").await.unwrap();
+        assert_eq!(action, Action::Done);
+        assert_eq!(
+            fake.short_calls(),
+            vec!["patch /apis/apps/v1/namespaces/default/replicasets/fg"]
+        );
+        let body = &fake.calls()[0].body;
+        assert_eq!(body["metadata"]["finalizers"], json!([]));
+        assert_eq!(body["metadata"]["resourceVersion"], "3");
+    }
+
+    #[tokio::test]
+    async fn orphan_strips_owner_references_then_the_finalizer() {
+        let (gc, fake) = setup();
+        let i = &gc.ctx.informers;
+        i.replica_sets.apply(rs("web-1", "rs1", None));
+        i.replica_sets.apply(rs("or", "or1", Some(ORPHAN)));
+        i.pods.apply(pod("only", vec![rs_ref("or", "or1")]));
+        i.pods.apply(pod(
+            "shared",
+            vec![rs_ref("or", "or1"), rs_ref("web-1", "rs1")],
+        ));
+        let action = gc.reconcile("replicasets/default/or").await.unwrap();
+        assert_eq!(action, Action::Done);
+        assert_eq!(
+            fake.short_calls(),
+            vec![
+                "patch /api/v1/namespaces/default/pods/only",
+                "patch /api/v1/namespaces/default/pods/shared",
+                "patch /apis/apps/v1/namespaces/default/replicasets/or",
+            ]
+        );
+        let calls = fake.calls();
+        assert_eq!(calls[0].body["metadata"]["ownerReferences"], Value::Null);
+        assert_eq!(
+            calls[1].body["metadata"]["ownerReferences"][0]["uid"],
+            "rs1"
+        );
+        assert_eq!(calls[2].body["metadata"]["finalizers"], json!([]));
+        // Owners being deleted without a GC finalizer are not acted on.
+        fake.clear();
+        let mut plain = rs("plain", "p1", Some("example.com/other"));
+        plain.metadata.finalizers = Some(vec!["example.com/other".into()]);
+        i.replica_sets.apply(plain);
+        assert_eq!(
+            gc.reconcile("replicasets/default/plain").await.unwrap(),
+            Action::Done
+        );
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn decisions_follow_attempt_to_delete_item() {
+        let a = rs_ref("a", "a");
+        let b = rs_ref("b", "b");
+        let m = meta("x", "x", vec![]);
+        let mut orphaning = m.clone();
+        orphaning.finalizers = Some(vec![ORPHAN.into()]);
+        let solid = Owner::Solid { recheck: false };
+        type Case<'a> = (
+            Vec<(&'a OwnerReference, Owner)>,
+            bool,
+            &'a ObjectMeta,
+            Decision,
+        );
+        let cases: Vec<Case> = vec![
+            (vec![], false, &m, Decision::Keep),
+            (vec![(&a, solid)], false, &m, Decision::Keep),
+            (
+                vec![(&a, solid), (&b, Owner::Dangling)],
+                false,
+                &m,
+                Decision::RemoveRefs(vec!["b".into()]),
+            ),
+            (
+                vec![(&a, solid), (&b, Owner::Waiting)],
+                false,
+                &m,
+                Decision::RemoveRefs(vec!["b".into()]),
+            ),
+            (
+                vec![(&a, Owner::Dangling)],
+                false,
+                &m,
+                Decision::Delete("Background"),
+            ),
+            (
+                vec![(&a, Owner::Waiting)],
+                true,
+                &m,
+                Decision::Delete("Foreground"),
+            ),
+            (
+                vec![(&a, Owner::Waiting)],
+                false,
+                &m,
+                Decision::Delete("Background"),
+            ),
+            (
+                vec![(&a, Owner::Dangling)],
+                true,
+                &orphaning,
+                Decision::Delete("Orphan"),
+            ),
+        ];
+        for (owners, has_dependents, meta, expected) in cases {
+            assert_eq!(
+                decide(&owners, has_dependents, meta),
+                expected,
+                "{owners:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deleting_an_owner_queues_its_dependents() {
+        let (gc, _fake) = setup();
+        let queue = WorkQueue::new();
+        let i = &gc.ctx.informers;
+        watch(&i.pods, &gc.kinds, &queue);
+        watch(&i.replica_sets, &gc.kinds, &queue);
+        let owner = rs("web-1", "rs1", None);
+        i.replica_sets.apply(owner.clone());
+        assert!(
+            queue.is_empty(),
+            "an owner without a GC finalizer is not queued"
+        );
+        i.pods.apply(pod("a", vec![rs_ref("web-1", "rs1")]));
+        assert_eq!(queue.try_next().as_deref(), Some("pods/default/a"));
+        queue.done("pods/default/a");
+        i.replica_sets.delete(&owner);
+        assert_eq!(queue.try_next().as_deref(), Some("pods/default/a"));
     }
 }

@@ -386,3 +386,171 @@ impl Reconciler for NamespaceController {
         self.reconcile_at(key, Timestamp::now()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::client::RecordingClient;
+    use crate::controllers::Config;
+    use k8s_openapi::api::core::v1::NamespaceSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn ts(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_750_000_000 + seconds).unwrap()
+    }
+
+    fn terminating(name: &str) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                resource_version: Some("4".into()),
+                deletion_timestamp: Some(Time(ts(0))),
+                ..Default::default()
+            },
+            spec: Some(NamespaceSpec {
+                finalizers: Some(vec![FINALIZER.into()]),
+            }),
+            status: Some(NamespaceStatus {
+                phase: Some("Terminating".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn setup(ns: Namespace) -> (NamespaceController, RecordingClient) {
+        let fake = RecordingClient::new();
+        let (ctx, _rx) = Context::new(Arc::new(fake.clone()), Config::default());
+        ctx.informers.namespaces.apply(ns);
+        (NamespaceController::new(ctx), fake)
+    }
+
+    /// The calls other than list reads.
+    fn writes(fake: &RecordingClient) -> Vec<String> {
+        fake.short_calls()
+            .into_iter()
+            .filter(|c| !c.starts_with("get "))
+            .collect()
+    }
+
+    fn condition(body: &Value, kind: &str) -> (String, String) {
+        let found = body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == kind)
+            .unwrap();
+        (
+            found["status"].as_str().unwrap().to_string(),
+            found["message"].as_str().unwrap().to_string(),
+        )
+    }
+
+    #[tokio::test]
+    async fn content_is_deleted_then_the_namespace_finalized() {
+        let (c, fake) = setup(terminating("demo"));
+        let pods = "/api/v1/namespaces/demo/pods";
+        let cms = "/api/v1/namespaces/demo/configmaps";
+        fake.set_object(
+            pods,
+            json!({"items": [{"metadata": {"name": "web"}, "spec": {"terminationGracePeriodSeconds": 5}}]}),
+        );
+        fake.set_object(
+            cms,
+            json!({"items": [
+                {"metadata": {"name": "a"}},
+                {"metadata": {"name": "b", "deletionTimestamp": "2025-01-01T00:00:00Z", "finalizers": ["example.com/hold"]}},
+            ]}),
+        );
+        let action = c.reconcile_at("demo", ts(10)).await.unwrap();
+        assert_eq!(action, Action::RequeueAfter(Duration::from_secs(5)));
+        assert_eq!(
+            writes(&fake),
+            vec![
+                format!("delete {pods}"),
+                format!("delete {cms}"),
+                "update /api/v1/namespaces/demo/status".into(),
+            ]
+        );
+        // Every namespaced kind was listed, through the API.
+        let lists = fake
+            .short_calls()
+            .iter()
+            .filter(|c| c.starts_with("get "))
+            .count();
+        assert!(lists >= RESOURCES.iter().filter(|r| r.namespaced).count());
+        let calls = fake.calls();
+        assert_eq!(calls[1].body["propagationPolicy"], "Background");
+        let status = &calls.last().unwrap().body;
+        assert_eq!(
+            condition(status, "NamespaceContentRemaining"),
+            (
+                "True".into(),
+                "Some resources are remaining: configmaps. has 2 resource instances, pods. has 1 resource instances".into()
+            )
+        );
+        assert_eq!(
+            condition(status, "NamespaceFinalizersRemaining"),
+            (
+                "True".into(),
+                "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances".into()
+            )
+        );
+        assert_eq!(
+            condition(status, "NamespaceDeletionContentFailure").0,
+            "False"
+        );
+
+        // Everything is gone: the conditions say so and the finalizer goes.
+        fake.clear();
+        fake.set_object(pods, json!({"items": []}));
+        fake.set_object(cms, json!({"items": []}));
+        let action = c.reconcile_at("demo", ts(20)).await.unwrap();
+        assert_eq!(action, Action::Done);
+        assert_eq!(
+            writes(&fake),
+            vec![
+                "update /api/v1/namespaces/demo/status",
+                "update /api/v1/namespaces/demo/finalize",
+            ]
+        );
+        let calls = fake.calls();
+        let finalize = &calls.last().unwrap().body;
+        assert_eq!(finalize["spec"]["finalizers"], json!([]));
+        assert_eq!(finalize["kind"], "Namespace");
+    }
+
+    #[tokio::test]
+    async fn a_failed_deletion_is_reported_and_retried() {
+        let (c, fake) = setup(terminating("demo"));
+        let secrets = "/api/v1/namespaces/demo/secrets";
+        fake.set_object(secrets, json!({"items": [{"metadata": {"name": "s"}}]}));
+        fake.fail_next(secrets, 500, "InternalError");
+        let action = c.reconcile_at("demo", ts(10)).await.unwrap();
+        assert!(matches!(action, Action::RequeueAfter(_)));
+        let calls = fake.calls();
+        let status = &calls.last().unwrap().body;
+        let (state, message) = condition(status, "NamespaceDeletionContentFailure");
+        assert_eq!(state, "True");
+        assert!(
+            message.starts_with("Failed to delete all resource types, 1 remaining: "),
+            "{message}"
+        );
+        assert!(!writes(&fake).iter().any(|c| c.ends_with("/finalize")));
+    }
+
+    #[tokio::test]
+    async fn live_and_finalized_namespaces_are_left_alone() {
+        let mut live = terminating("live");
+        live.metadata.deletion_timestamp = None;
+        let (c, fake) = setup(live);
+        assert_eq!(c.reconcile_at("live", ts(0)).await.unwrap(), Action::Done);
+        let mut done = terminating("done");
+        done.spec = Some(NamespaceSpec {
+            finalizers: Some(vec![]),
+        });
+        c.ctx.informers.namespaces.apply(done);
+        assert_eq!(c.reconcile_at("done", ts(0)).await.unwrap(), Action::Done);
+        assert_eq!(c.reconcile_at("gone", ts(0)).await.unwrap(), Action::Done);
+        assert!(fake.calls().is_empty(), "{:?}", fake.short_calls());
+    }
+}

@@ -832,3 +832,620 @@ impl Reconciler for NodeLifecycle {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::client::RecordingClient;
+    use crate::controllers::events::{drain, Record};
+    use crate::controllers::Config;
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    use tokio::sync::mpsc::Receiver;
+
+    /// Wall-clock seconds from a fixed origin.
+    fn ts(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_750_000_000 + seconds).unwrap()
+    }
+
+    fn setup() -> (NodeLifecycle, RecordingClient, Receiver<Record>) {
+        let fake = RecordingClient::new();
+        let (ctx, rx) = Context::new(Arc::new(fake.clone()), Config::default());
+        (NodeLifecycle::new(ctx), fake, rx)
+    }
+
+    fn cond(kind: &str, status: &str, heartbeat: Timestamp) -> NodeCondition {
+        NodeCondition {
+            type_: kind.into(),
+            status: status.into(),
+            last_heartbeat_time: Some(Time(heartbeat)),
+            last_transition_time: Some(Time(heartbeat)),
+            ..Default::default()
+        }
+    }
+
+    fn taint(key: &str, effect: &str, added: Option<Timestamp>) -> Taint {
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            time_added: added.map(Time),
+            value: None,
+        }
+    }
+
+    fn node(name: &str, conditions: Vec<NodeCondition>, taints: Vec<Taint>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                resource_version: Some("7".into()),
+                creation_timestamp: Some(Time(ts(-1000))),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                taints: (!taints.is_empty()).then_some(taints),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                conditions: Some(conditions),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn lease(name: &str, renewed: Timestamp) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NODE_LEASE_NAMESPACE.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(renewed)),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn toleration(key: &str, operator: &str, seconds: Option<i64>) -> Toleration {
+        Toleration {
+            key: (!key.is_empty()).then(|| key.to_string()),
+            operator: Some(operator.into()),
+            effect: Some(NO_EXECUTE.into()),
+            toleration_seconds: seconds,
+            value: None,
+        }
+    }
+
+    fn pod(name: &str, node: &str, tolerations: Vec<Toleration>, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                uid: Some(format!("uid-{name}")),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                tolerations: Some(tolerations),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn reasons(rx: &mut Receiver<Record>) -> Vec<String> {
+        drain(rx).into_iter().map(|r| r.reason).collect()
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_goes_unknown_after_the_grace_measured_on_our_clock() {
+        let (c, fake, mut rx) = setup();
+        // The node's clock is years behind ours: only changes count, not the values.
+        let skewed = Timestamp::from_second(946_684_800).unwrap();
+        c.ctx
+            .informers
+            .nodes
+            .apply(node("n1", vec![cond("Ready", "True", skewed)], vec![]));
+        c.ctx.informers.node_leases.apply(lease("n1", skewed));
+        c.ctx
+            .informers
+            .pods
+            .apply(pod("web", "n1", vec![toleration("", "Exists", None)], true));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            c.reconcile_at("n1", at(0), ts(0)).await.unwrap(),
+            Action::Done
+        );
+        assert_eq!(
+            c.reconcile_at("n1", at(45), ts(45)).await.unwrap(),
+            Action::Done
+        );
+        // A Lease renewal restarts the grace period.
+        c.ctx
+            .informers
+            .node_leases
+            .apply(lease("n1", skewed + SignedDuration::from_secs(40)));
+        c.reconcile_at("n1", at(46), ts(46)).await.unwrap();
+        c.reconcile_at("n1", at(96), ts(96)).await.unwrap();
+        assert!(fake.calls().is_empty(), "{:?}", fake.short_calls());
+
+        c.reconcile_at("n1", at(97), ts(97)).await.unwrap();
+        assert_eq!(
+            fake.short_calls(),
+            vec![
+                "update /api/v1/nodes/n1/status",
+                "update /api/v1/nodes/n1",
+                "patch /api/v1/namespaces/default/pods/web/status",
+            ]
+        );
+        let calls = fake.calls();
+        let conditions = calls[0].body["status"]["conditions"].as_array().unwrap();
+        let types: Vec<(&str, &str, &str)> = conditions
+            .iter()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap(),
+                    c["status"].as_str().unwrap(),
+                    c["reason"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            types,
+            vec![
+                ("Ready", "Unknown", "NodeStatusUnknown"),
+                ("MemoryPressure", "Unknown", "NodeStatusNeverUpdated"),
+                ("DiskPressure", "Unknown", "NodeStatusNeverUpdated"),
+                ("PIDPressure", "Unknown", "NodeStatusNeverUpdated"),
+            ]
+        );
+        assert_eq!(conditions[0]["message"], STOPPED);
+        assert_eq!(calls[0].body["metadata"]["resourceVersion"], "7");
+        let taints: Vec<(&str, &str)> = calls[1].body["spec"]["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["key"].as_str().unwrap(), t["effect"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            taints,
+            vec![(UNREACHABLE, NO_SCHEDULE), (UNREACHABLE, NO_EXECUTE)]
+        );
+        assert!(calls[1].body["spec"]["taints"][1]["timeAdded"].is_string());
+        assert_eq!(calls[2].body["status"]["conditions"][0]["status"], "False");
+        assert_eq!(reasons(&mut rx), vec!["NodeNotReady", "NodeNotReady"]);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_reported_gets_the_startup_grace() {
+        let (c, fake, _rx) = setup();
+        c.ctx.informers.nodes.apply(node("n1", vec![], vec![]));
+        let t0 = Instant::now();
+        c.reconcile_at("n1", t0, ts(0)).await.unwrap();
+        c.reconcile_at("n1", t0 + Duration::from_secs(60), ts(60))
+            .await
+            .unwrap();
+        assert!(fake.calls().is_empty(), "{:?}", fake.short_calls());
+        c.reconcile_at("n1", t0 + Duration::from_secs(61), ts(61))
+            .await
+            .unwrap();
+        let calls = fake.calls();
+        assert_eq!(calls[0].short(), "update /api/v1/nodes/n1/status");
+        let ready = &calls[0].body["status"]["conditions"][0];
+        assert_eq!(
+            (
+                &ready["type"],
+                &ready["status"],
+                &ready["reason"],
+                &ready["message"]
+            ),
+            (
+                &json!("Ready"),
+                &json!("Unknown"),
+                &json!("NodeStatusNeverUpdated"),
+                &json!(NEVER)
+            )
+        );
+    }
+
+    #[test]
+    fn taints_follow_conditions_and_disruption() {
+        use NoExecuteMode::*;
+        let old = Some(ts(-100));
+        let user = taint("example.com/gpu", "NoSchedule", None);
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &str,
+            &str,
+            Vec<Taint>,
+            NoExecuteMode,
+            bool,
+            Option<Vec<(&str, &str, Option<Timestamp>)>>,
+        )> = vec![
+            (
+                "ready: nothing to do",
+                "True",
+                vec![user.clone()],
+                Normal,
+                false,
+                None,
+            ),
+            (
+                "not ready: both not-ready taints",
+                "False",
+                vec![user.clone()],
+                Normal,
+                false,
+                Some(vec![
+                    ("example.com/gpu", "NoSchedule", None),
+                    (NOT_READY, NO_SCHEDULE, Some(ts(0))),
+                    (NOT_READY, NO_EXECUTE, Some(ts(0))),
+                ]),
+            ),
+            (
+                "unknown swaps not-ready for unreachable",
+                "Unknown",
+                vec![
+                    taint(NOT_READY, NO_SCHEDULE, old),
+                    taint(NOT_READY, NO_EXECUTE, old),
+                ],
+                Normal,
+                false,
+                Some(vec![
+                    (UNREACHABLE, NO_SCHEDULE, Some(ts(0))),
+                    (UNREACHABLE, NO_EXECUTE, Some(ts(0))),
+                ]),
+            ),
+            (
+                "ready again removes ours, keeps others'",
+                "True",
+                vec![
+                    taint(UNREACHABLE, NO_SCHEDULE, old),
+                    user.clone(),
+                    taint(UNREACHABLE, NO_EXECUTE, old),
+                ],
+                Normal,
+                false,
+                Some(vec![("example.com/gpu", "NoSchedule", None)]),
+            ),
+            (
+                "kept taints keep their time",
+                "Unknown",
+                vec![taint(UNREACHABLE, NO_SCHEDULE, old)],
+                Normal,
+                false,
+                Some(vec![
+                    (UNREACHABLE, NO_SCHEDULE, old),
+                    (UNREACHABLE, NO_EXECUTE, Some(ts(0))),
+                ]),
+            ),
+            (
+                "frozen zone: no new NoExecute",
+                "Unknown",
+                vec![],
+                Frozen,
+                false,
+                Some(vec![(UNREACHABLE, NO_SCHEDULE, Some(ts(0)))]),
+            ),
+            (
+                "frozen zone: an existing one is swapped",
+                "Unknown",
+                vec![taint(NOT_READY, NO_EXECUTE, old)],
+                Frozen,
+                false,
+                Some(vec![
+                    (UNREACHABLE, NO_SCHEDULE, Some(ts(0))),
+                    (UNREACHABLE, NO_EXECUTE, Some(ts(0))),
+                ]),
+            ),
+            (
+                "master disruption removes NoExecute",
+                "Unknown",
+                vec![
+                    taint(UNREACHABLE, NO_SCHEDULE, old),
+                    taint(UNREACHABLE, NO_EXECUTE, old),
+                ],
+                Off,
+                false,
+                Some(vec![(UNREACHABLE, NO_SCHEDULE, old)]),
+            ),
+            (
+                "cordoned",
+                "True",
+                vec![],
+                Normal,
+                true,
+                Some(vec![(UNSCHEDULABLE, NO_SCHEDULE, Some(ts(0)))]),
+            ),
+        ];
+        for (name, ready, current, mode, unschedulable, expected) in cases {
+            let conditions = vec![cond("Ready", ready, ts(-1))];
+            let wanted = wanted_taints(&conditions, unschedulable, &current, mode);
+            let got = desired_taints(&current, &wanted, ts(0)).map(|taints| {
+                taints
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.key.clone(),
+                            t.effect.clone(),
+                            t.time_added.as_ref().map(|t| t.0),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let expected = expected.map(|e| {
+                e.into_iter()
+                    .map(|(k, e, t)| (k.to_string(), e.to_string(), t))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, expected, "{name}");
+        }
+        let pressure = vec![
+            cond("Ready", "True", ts(0)),
+            cond("MemoryPressure", "True", ts(0)),
+        ];
+        assert_eq!(
+            wanted_taints(&pressure, false, &[], Normal),
+            vec![("node.kubernetes.io/memory-pressure", NO_SCHEDULE)]
+        );
+    }
+
+    #[test]
+    fn eviction_follows_tolerations() {
+        let unreachable = (taint(UNREACHABLE, NO_EXECUTE, None), ts(0));
+        let not_ready = (taint(NOT_READY, NO_EXECUTE, None), ts(50));
+        type Case = (
+            &'static str,
+            Vec<Toleration>,
+            Vec<(Taint, Timestamp)>,
+            Timestamp,
+            Eviction,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no toleration",
+                vec![],
+                vec![unreachable.clone()],
+                ts(10),
+                Eviction::Now,
+            ),
+            (
+                "tolerated for 300 s",
+                vec![toleration(UNREACHABLE, "Exists", Some(300))],
+                vec![unreachable.clone()],
+                ts(10),
+                Eviction::At(ts(300)),
+            ),
+            (
+                "tolerated for 300 s, elapsed",
+                vec![toleration(UNREACHABLE, "Exists", Some(300))],
+                vec![unreachable.clone()],
+                ts(300),
+                Eviction::Now,
+            ),
+            (
+                "tolerated forever",
+                vec![toleration(UNREACHABLE, "Exists", None)],
+                vec![unreachable.clone()],
+                ts(10_000),
+                Eviction::Never,
+            ),
+            (
+                "another key",
+                vec![toleration(NOT_READY, "Exists", None)],
+                vec![unreachable.clone()],
+                ts(10),
+                Eviction::Now,
+            ),
+            (
+                "everything tolerated",
+                vec![toleration("", "Exists", None)],
+                vec![unreachable.clone(), not_ready.clone()],
+                ts(10),
+                Eviction::Never,
+            ),
+            (
+                "the earliest deadline of several taints",
+                vec![
+                    toleration(UNREACHABLE, "Exists", None),
+                    toleration(NOT_READY, "Exists", Some(60)),
+                ],
+                vec![unreachable.clone(), not_ready.clone()],
+                ts(10),
+                Eviction::At(ts(110)),
+            ),
+            (
+                "Equal with another value",
+                vec![Toleration {
+                    value: Some("x".into()),
+                    ..toleration(UNREACHABLE, "Equal", None)
+                }],
+                vec![unreachable.clone()],
+                ts(10),
+                Eviction::Now,
+            ),
+            (
+                "negative seconds mean now",
+                vec![toleration(UNREACHABLE, "Exists", Some(-5))],
+                vec![unreachable.clone()],
+                ts(0),
+                Eviction::Now,
+            ),
+            (
+                "NoSchedule taints never evict",
+                vec![],
+                vec![(taint(UNREACHABLE, NO_SCHEDULE, None), ts(0))],
+                ts(10),
+                Eviction::Never,
+            ),
+        ];
+        for (name, tolerations, taints, now, expected) in cases {
+            assert_eq!(eviction(&tolerations, &taints, now), expected, "{name}");
+        }
+    }
+
+    fn not_ready_node(name: &str) -> Node {
+        node(
+            name,
+            vec![cond("Ready", "False", ts(0))],
+            vec![
+                taint(NOT_READY, NO_SCHEDULE, Some(ts(0))),
+                taint(NOT_READY, NO_EXECUTE, Some(ts(0))),
+            ],
+        )
+    }
+
+    #[tokio::test]
+    async fn pods_are_evicted_at_once_or_when_their_toleration_runs_out() {
+        let (c, fake, mut rx) = setup();
+        c.ctx.informers.nodes.apply(not_ready_node("n1"));
+        let pods = &c.ctx.informers.pods;
+        pods.apply(pod("plain", "n1", vec![], false));
+        pods.apply(pod(
+            "patient",
+            "n1",
+            vec![toleration(NOT_READY, "Exists", Some(300))],
+            false,
+        ));
+        pods.apply(pod(
+            "daemon",
+            "n1",
+            vec![toleration(NOT_READY, "Exists", None)],
+            false,
+        ));
+        let mut leaving = pod("leaving", "n1", vec![], false);
+        leaving.metadata.deletion_timestamp = Some(Time(ts(50)));
+        pods.apply(leaving);
+        pods.apply(pod("elsewhere", "n2", vec![], false));
+        let t0 = Instant::now();
+
+        let action = c.reconcile_at("n1", t0, ts(100)).await.unwrap();
+        assert_eq!(action, Action::RequeueAfter(Duration::from_secs(200)));
+        assert_eq!(
+            fake.short_calls(),
+            vec![
+                "patch /api/v1/namespaces/default/pods/plain/status",
+                "delete /api/v1/namespaces/default/pods/plain",
+            ]
+        );
+        let calls = fake.calls();
+        assert_eq!(
+            calls[0].body["status"]["conditions"][0]["reason"],
+            "DeletionByTaintManager"
+        );
+        assert_eq!(calls[1].body["preconditions"]["uid"], "uid-plain");
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "TaintManagerEviction");
+        assert_eq!(events[0].message, "Marking for deletion Pod default/plain");
+
+        fake.clear();
+        pods.delete(&pod("plain", "n1", vec![], false));
+        // The kubelet still reports (NotReady), so the node does not turn Unknown.
+        let mut reporting = not_ready_node("n1");
+        reporting.status.as_mut().unwrap().conditions = Some(vec![cond("Ready", "False", ts(250))]);
+        c.ctx.informers.nodes.apply(reporting);
+        let action = c
+            .reconcile_at("n1", t0 + Duration::from_secs(200), ts(300))
+            .await
+            .unwrap();
+        assert_eq!(action, Action::Done);
+        assert_eq!(
+            fake.short_calls(),
+            vec![
+                "patch /api/v1/namespaces/default/pods/patient/status",
+                "delete /api/v1/namespaces/default/pods/patient",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_evicted_while_no_node_is_ready() {
+        let (c, fake, _rx) = setup();
+        c.ctx.informers.nodes.apply(not_ready_node("n1"));
+        c.ctx.informers.nodes.apply(not_ready_node("n2"));
+        c.ctx
+            .informers
+            .pods
+            .apply(pod("plain", "n1", vec![], false));
+        let t0 = Instant::now();
+        c.update_disruption(t0);
+        c.reconcile_at("n1", t0, ts(100)).await.unwrap();
+        // Master disruption mode: the NoExecute taint goes, no pod is deleted.
+        assert_eq!(fake.short_calls(), vec!["update /api/v1/nodes/n1"]);
+        let taints = fake.calls()[0].body["spec"]["taints"].clone();
+        assert_eq!(
+            taints,
+            json!([{"key": NOT_READY, "effect": NO_SCHEDULE, "timeAdded": Time(ts(0))}])
+        );
+
+        // A node comes back: eviction resumes.
+        fake.clear();
+        c.ctx
+            .informers
+            .nodes
+            .apply(node("n2", vec![cond("Ready", "True", ts(0))], vec![]));
+        c.update_disruption(t0);
+        c.reconcile_at("n1", t0, ts(100)).await.unwrap();
+        assert_eq!(
+            fake.short_calls(),
+            vec![
+                "patch /api/v1/namespaces/default/pods/plain/status",
+                "delete /api/v1/namespaces/default/pods/plain",
+            ]
+        );
+    }
+
+    #[test]
+    fn zones_are_judged_by_their_ready_nodes() {
+        let zoned = |name: &str, zone: &str, ready: &str| {
+            let mut n = node(name, vec![cond("Ready", ready, ts(0))], vec![]);
+            n.metadata.labels =
+                Some([("topology.kubernetes.io/zone".to_string(), zone.to_string())].into());
+            Arc::new(n)
+        };
+        let nodes = vec![
+            zoned("a1", "a", "False"),
+            zoned("a2", "a", "Unknown"),
+            zoned("b1", "b", "True"),
+            zoned("c1", "c", "True"),
+            zoned("c2", "c", "False"),
+            zoned("c3", "c", "False"),
+            zoned("c4", "c", "False"),
+        ];
+        let states = zone_states(&nodes);
+        assert_eq!(states[&zone_of(&nodes[0])], (ZoneState::FullDisruption, 2));
+        assert_eq!(states[&zone_of(&nodes[2])], (ZoneState::Normal, 1));
+        assert_eq!(
+            states[&zone_of(&nodes[4])],
+            (ZoneState::PartialDisruption, 4)
+        );
+        let disruption = Disruption {
+            zones: states,
+            master: false,
+        };
+        // One zone down while others are up: upstream evicts at the normal rate.
+        assert_eq!(disruption.mode(&zone_of(&nodes[0])), NoExecuteMode::Normal);
+        assert_eq!(disruption.mode(&zone_of(&nodes[4])), NoExecuteMode::Frozen);
+    }
+
+    #[test]
+    fn the_rate_gate_lets_a_hundred_through_per_second() {
+        let mut gate = RateGate::default();
+        let t0 = Instant::now();
+        let passed = (0..150)
+            .filter(|_| gate.take(t0, EVICTIONS_PER_SECOND))
+            .count();
+        assert_eq!(passed, 100);
+        assert!(gate.take(t0 + Duration::from_secs(1), EVICTIONS_PER_SECOND));
+    }
+}

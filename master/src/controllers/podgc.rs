@@ -265,3 +265,205 @@ impl Reconciler for PodGc {
         self.run_at(Instant::now(), Timestamp::now()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::client::RecordingClient;
+    use crate::controllers::Config;
+    use k8s_openapi::api::core::v1::{
+        NodeCondition, NodeSpec, NodeStatus, PodSpec, PodStatus, Taint,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn ts(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_750_000_000 + seconds).unwrap()
+    }
+
+    fn pod(name: &str, node: &str, phase: &str, created: i64) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                uid: Some(format!("uid-{name}")),
+                creation_timestamp: Some(Time(ts(created))),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: (!node.is_empty()).then(|| node.to_string()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn deleting(p: Arc<Pod>) -> Arc<Pod> {
+        let mut p = (*p).clone();
+        p.metadata.deletion_timestamp = Some(Time(ts(0)));
+        Arc::new(p)
+    }
+
+    fn node(name: &str, ready: &str, out_of_service: bool) -> (String, Arc<Node>) {
+        let taints = out_of_service.then(|| {
+            vec![Taint {
+                key: OUT_OF_SERVICE.into(),
+                effect: "NoExecute".into(),
+                ..Default::default()
+            }]
+        });
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                taints,
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        (name.to_string(), Arc::new(node))
+    }
+
+    fn names(chosen: &[(Arc<Pod>, Why)]) -> Vec<(String, Why)> {
+        chosen
+            .iter()
+            .map(|(p, why)| (p.metadata.name.clone().unwrap_or_default(), *why))
+            .collect()
+    }
+
+    #[test]
+    fn plans_follow_upstream_podgc() {
+        let nodes: HashMap<String, Arc<Node>> = [
+            node("up", "True", false),
+            node("dead", "False", true),
+            node("tainted-but-ready", "True", true),
+        ]
+        .into();
+        let mut evicted = (*pod("evicted", "up", "Failed", 9)).clone();
+        evicted.status.as_mut().unwrap().reason = Some("Evicted".into());
+        let t0 = Instant::now();
+        type Case = (&'static str, Vec<Arc<Pod>>, usize, Vec<(&'static str, Why)>);
+        let cases: Vec<Case> = vec![
+            (
+                "terminated beyond the threshold: evicted first, then the oldest",
+                vec![
+                    pod("new", "up", "Succeeded", 5),
+                    pod("old", "up", "Failed", 1),
+                    Arc::new(evicted),
+                    pod("mid", "up", "Succeeded", 3),
+                    pod("running", "up", "Running", 0),
+                ],
+                2,
+                vec![("evicted", Why::Terminated), ("old", Why::Terminated)],
+            ),
+            (
+                "under the threshold",
+                vec![pod("a", "up", "Succeeded", 1)],
+                2,
+                vec![],
+            ),
+            (
+                "terminating on an out-of-service node",
+                vec![
+                    deleting(pod("stuck", "dead", "Running", 1)),
+                    pod("alive", "dead", "Running", 1),
+                    deleting(pod("fine", "tainted-but-ready", "Running", 1)),
+                    deleting(pod("up-and-going", "up", "Running", 1)),
+                ],
+                10,
+                vec![("stuck", Why::OutOfService)],
+            ),
+            (
+                "terminating and never bound",
+                vec![
+                    deleting(pod("pending", "", "Pending", 1)),
+                    pod("waiting", "", "Pending", 1),
+                ],
+                10,
+                vec![("pending", Why::Unscheduled)],
+            ),
+        ];
+        for (name, pods, threshold, expected) in cases {
+            let mut missing = HashMap::new();
+            let got = names(&plan(&pods, &nodes, &mut missing, t0, threshold));
+            let expected: Vec<(String, Why)> = expected
+                .into_iter()
+                .map(|(n, w)| (n.to_string(), w))
+                .collect();
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn orphans_wait_out_the_quarantine() {
+        let nodes: HashMap<String, Arc<Node>> = [node("up", "True", false)].into();
+        let pods = vec![
+            pod("lost", "gone", "Running", 1),
+            pod("ok", "up", "Running", 1),
+        ];
+        let mut missing = HashMap::new();
+        let t0 = Instant::now();
+        assert!(plan(&pods, &nodes, &mut missing, t0, 10).is_empty());
+        let t39 = t0 + Duration::from_secs(39);
+        assert!(plan(&pods, &nodes, &mut missing, t39, 10).is_empty());
+        let t40 = t0 + Duration::from_secs(40);
+        assert_eq!(
+            names(&plan(&pods, &nodes, &mut missing, t40, 10)),
+            vec![("lost".to_string(), Why::Orphaned)]
+        );
+        // The node came back: the quarantine starts over next time it goes.
+        let back: HashMap<String, Arc<Node>> =
+            [node("up", "True", false), node("gone", "True", false)].into();
+        assert!(plan(&pods, &back, &mut missing, t40, 10).is_empty());
+        assert!(missing.is_empty());
+    }
+
+    #[tokio::test]
+    async fn orphaned_pods_are_failed_and_force_deleted_once_the_node_is_confirmed_gone() {
+        let fake = RecordingClient::new();
+        let (ctx, _rx) = Context::new(Arc::new(fake.clone()), Config::default());
+        ctx.informers
+            .pods
+            .apply((*pod("lost", "gone", "Running", 1)).clone());
+        ctx.informers
+            .pods
+            .apply((*pod("cached-late", "late", "Running", 1)).clone());
+        fake.set_object("/api/v1/nodes/late", json!({"metadata": {"name": "late"}}));
+        let gc = PodGc::new(ctx, TERMINATED_POD_THRESHOLD);
+        let t0 = Instant::now();
+        assert_eq!(
+            gc.run_at(t0, ts(0)).await.unwrap(),
+            Action::RequeueAfter(GC_PERIOD)
+        );
+        assert!(fake.calls().is_empty());
+        gc.run_at(t0 + QUARANTINE, ts(40)).await.unwrap();
+        assert_eq!(
+            fake.short_calls(),
+            vec![
+                "get /api/v1/nodes/late",
+                "get /api/v1/nodes/gone",
+                "patch /api/v1/namespaces/default/pods/lost/status",
+                "delete /api/v1/namespaces/default/pods/lost",
+            ]
+        );
+        let calls = fake.calls();
+        assert_eq!(calls[2].body["status"]["phase"], "Failed");
+        assert_eq!(
+            calls[2].body["status"]["conditions"][0]["reason"],
+            "DeletionByPodGC"
+        );
+        assert_eq!(calls[3].body["gracePeriodSeconds"], 0);
+        assert_eq!(calls[3].body["preconditions"]["uid"], "uid-lost");
+    }
+}
