@@ -333,48 +333,84 @@ fn is_ready(node: &Node) -> bool {
     condition(conditions, "Ready").is_some_and(|c| c.status == "True")
 }
 
-/// Each zone's state and size, from the nodes' `Ready` conditions.
-fn zone_states(nodes: &[Arc<Node>]) -> HashMap<String, (ZoneState, usize)> {
-    let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
-    for node in nodes {
-        let entry = counts.entry(zone_of(node)).or_default();
-        if is_ready(node) {
-            entry.0 += 1;
-        } else {
-            entry.1 += 1;
-        }
+/// A zone's state from its counts of `Ready` and other nodes (upstream's `ComputeZoneState`).
+fn zone_state(ready: usize, not_ready: usize) -> ZoneState {
+    let total = ready + not_ready;
+    if ready == 0 && not_ready > 0 {
+        ZoneState::FullDisruption
+    } else if not_ready > 2 && not_ready as f64 / total as f64 >= UNHEALTHY_ZONE_THRESHOLD {
+        ZoneState::PartialDisruption
+    } else {
+        ZoneState::Normal
     }
-    counts
-        .into_iter()
-        .map(|(zone, (ready, not_ready))| {
-            let total = ready + not_ready;
-            let state = if ready == 0 && not_ready > 0 {
-                ZoneState::FullDisruption
-            } else if not_ready > 2 && not_ready as f64 / total as f64 >= UNHEALTHY_ZONE_THRESHOLD {
-                ZoneState::PartialDisruption
-            } else {
-                ZoneState::Normal
-            };
-            (zone, (state, total))
-        })
-        .collect()
 }
 
-/// The disruption state the last monitor pass computed.
+/// Each node's zone and readiness as this controller last judged it, with per-zone counts kept
+/// up to date as each node is judged, so a node turning `Unknown` counts at once (before its
+/// own taints are decided), not one monitor period later.
 #[derive(Debug, Default)]
 struct Disruption {
-    zones: HashMap<String, (ZoneState, usize)>,
+    nodes: HashMap<String, (String, bool)>,
+    /// Zone → (ready, not ready).
+    counts: HashMap<String, (usize, usize)>,
     /// Every zone fully disrupted: no `NoExecute` taints, no evictions.
     master: bool,
+    /// Whether every cached node has been counted once.
+    seeded: bool,
 }
 
 impl Disruption {
+    fn set(&mut self, name: &str, zone: String, ready: bool) {
+        if let Some((old_zone, was_ready)) = self.nodes.insert(name.into(), (zone.clone(), ready)) {
+            self.uncount(&old_zone, was_ready);
+        }
+        let count = self.counts.entry(zone).or_default();
+        if ready {
+            count.0 += 1;
+        } else {
+            count.1 += 1;
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some((zone, ready)) = self.nodes.remove(name) {
+            self.uncount(&zone, ready);
+        }
+    }
+
+    fn uncount(&mut self, zone: &str, ready: bool) {
+        if let Some(count) = self.counts.get_mut(zone) {
+            if ready {
+                count.0 = count.0.saturating_sub(1);
+            } else {
+                count.1 = count.1.saturating_sub(1);
+            }
+            if *count == (0, 0) {
+                self.counts.remove(zone);
+            }
+        }
+    }
+
+    /// Recomputes master disruption; `Some(entered)` when it changed.
+    fn settle(&mut self) -> Option<bool> {
+        let master = !self.counts.is_empty()
+            && self
+                .counts
+                .values()
+                .all(|(r, n)| zone_state(*r, *n) == ZoneState::FullDisruption);
+        let changed = master != self.master;
+        self.master = master;
+        changed.then_some(master)
+    }
+
     fn mode(&self, zone: &str) -> NoExecuteMode {
         if self.master {
             return NoExecuteMode::Off;
         }
-        match self.zones.get(zone) {
-            Some((ZoneState::PartialDisruption, size)) if *size <= LARGE_ZONE => {
+        match self.counts.get(zone) {
+            Some((r, n))
+                if zone_state(*r, *n) == ZoneState::PartialDisruption && r + n <= LARGE_ZONE =>
+            {
                 NoExecuteMode::Frozen
             }
             _ => NoExecuteMode::Normal,
@@ -523,25 +559,62 @@ impl NodeLifecycle {
         }
     }
 
-    /// Recomputes the zones' states from the cached nodes; entering or leaving master disruption
-    /// mode is logged once, and leaving it restarts every node's grace period at `now`.
+    /// Counts the cached nodes this controller has not judged yet (and forgets deleted ones),
+    /// then settles the disruption state.
     pub fn update_disruption(&self, now: Instant) {
-        let zones = zone_states(&self.ctx.informers.nodes.list());
-        let master = !zones.is_empty()
-            && zones
-                .values()
-                .all(|(state, _)| *state == ZoneState::FullDisruption);
-        let mut disruption = lock(&self.disruption);
-        if master && !disruption.master {
-            tracing::warn!("no node is Ready: entering master disruption mode; evictions stop");
-        }
-        if !master && disruption.master {
-            tracing::info!("a node is Ready again: exiting master disruption mode");
-            for health in lock(&self.health).values_mut() {
-                health.probe = now;
+        let nodes = self.ctx.informers.nodes.list();
+        let transition = {
+            let mut disruption = lock(&self.disruption);
+            let names: std::collections::HashSet<&str> = nodes
+                .iter()
+                .filter_map(|n| n.metadata.name.as_deref())
+                .collect();
+            let gone: Vec<String> = disruption
+                .nodes
+                .keys()
+                .filter(|n| !names.contains(n.as_str()))
+                .cloned()
+                .collect();
+            for name in gone {
+                disruption.remove(&name);
             }
+            for node in &nodes {
+                let name = node.metadata.name.as_deref().unwrap_or_default();
+                if !disruption.nodes.contains_key(name) {
+                    disruption.set(name, zone_of(node), is_ready(node));
+                }
+            }
+            disruption.seeded = true;
+            disruption.settle()
+        };
+        self.disruption_changed(transition, now);
+    }
+
+    /// Counts node `name` with this controller's latest judgement of it.
+    fn judge(&self, name: &str, zone: String, ready: bool, now: Instant) {
+        let transition = {
+            let mut disruption = lock(&self.disruption);
+            disruption.set(name, zone, ready);
+            disruption.settle()
+        };
+        self.disruption_changed(transition, now);
+    }
+
+    /// Logs entering or leaving master disruption mode; leaving it restarts every node's grace
+    /// period at `now`, as upstream does.
+    fn disruption_changed(&self, transition: Option<bool>, now: Instant) {
+        match transition {
+            Some(true) => {
+                tracing::warn!("no node is Ready: entering master disruption mode; evictions stop")
+            }
+            Some(false) => {
+                tracing::info!("a node is Ready again: exiting master disruption mode");
+                for health in lock(&self.health).values_mut() {
+                    health.probe = now;
+                }
+            }
+            None => {}
         }
-        *disruption = Disruption { zones, master };
     }
 
     fn heartbeats(&self, node: &Node) -> (Option<Timestamp>, Option<Timestamp>) {
@@ -576,8 +649,17 @@ impl NodeLifecycle {
         now: Instant,
         wall: Timestamp,
     ) -> Result<Action, Error> {
+        if !lock(&self.disruption).seeded {
+            self.update_disruption(now);
+        }
         let Some(cached) = self.ctx.informers.nodes.get(name) else {
             lock(&self.health).remove(name);
+            let transition = {
+                let mut disruption = lock(&self.disruption);
+                disruption.remove(name);
+                disruption.settle()
+            };
+            self.disruption_changed(transition, now);
             return Ok(Action::Done);
         };
         let mut node = (*cached).clone();
@@ -624,6 +706,7 @@ impl NodeLifecycle {
             );
         }
         health.ready = ready.clone();
+        self.judge(name, zone_of(&node), ready.as_deref() == Some("True"), now);
 
         let taints = self.reconcile_taints(&mut node, &conditions, wall).await?;
         if ready.as_deref() != Some("True") {
@@ -789,7 +872,7 @@ impl NodeLifecycle {
             .api
             .delete::<Pod>(ns, name, &delete_uid(uid, None))
             .await?;
-        tracing::info!(pod = key_of(&pod.metadata), node = ?pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), "evicted: NoExecute taint not tolerated");
+        tracing::info!(pod = key_of(&pod.metadata), node = ?pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), "evicted: NoExecute taint not tolerated (any more)");
         Ok(())
     }
 }
@@ -828,6 +911,11 @@ impl Reconciler for NodeLifecycle {
     }
 
     async fn reconcile(&self, key: &str) -> Result<Action, Error> {
+        // Heartbeats, pods and the disruption counts are judged from complete caches only.
+        let informers = &self.ctx.informers;
+        informers.nodes.wait_synced().await;
+        informers.node_leases.wait_synced().await;
+        informers.pods.wait_synced().await;
         self.reconcile_at(key, Instant::now(), Timestamp::now())
             .await
     }
@@ -955,6 +1043,11 @@ mod tests {
             .nodes
             .apply(node("n1", vec![cond("Ready", "True", skewed)], vec![]));
         c.ctx.informers.node_leases.apply(lease("n1", skewed));
+        // Another node stays Ready, so this is no master disruption.
+        c.ctx
+            .informers
+            .nodes
+            .apply(node("n2", vec![cond("Ready", "True", ts(0))], vec![]));
         c.ctx
             .informers
             .pods
@@ -1308,6 +1401,10 @@ mod tests {
     async fn pods_are_evicted_at_once_or_when_their_toleration_runs_out() {
         let (c, fake, mut rx) = setup();
         c.ctx.informers.nodes.apply(not_ready_node("n1"));
+        c.ctx
+            .informers
+            .nodes
+            .apply(node("n2", vec![cond("Ready", "True", ts(0))], vec![]));
         let pods = &c.ctx.informers.pods;
         pods.apply(pod("plain", "n1", vec![], false));
         pods.apply(pod(
@@ -1389,12 +1486,12 @@ mod tests {
         );
 
         // A node comes back: eviction resumes.
-        fake.clear();
         c.ctx
             .informers
             .nodes
             .apply(node("n2", vec![cond("Ready", "True", ts(0))], vec![]));
-        c.update_disruption(t0);
+        c.reconcile_at("n2", t0, ts(100)).await.unwrap();
+        fake.clear();
         c.reconcile_at("n1", t0, ts(100)).await.unwrap();
         assert_eq!(
             fake.short_calls(),
@@ -1405,37 +1502,70 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_last_node_to_go_silent_enters_disruption_before_its_taints_are_decided() {
+        let (c, fake, _rx) = setup();
+        let mut gone = not_ready_node("n1");
+        gone.status.as_mut().unwrap().conditions = Some(vec![cond("Ready", "Unknown", ts(0))]);
+        c.ctx.informers.nodes.apply(gone);
+        c.ctx
+            .informers
+            .nodes
+            .apply(node("n2", vec![cond("Ready", "True", ts(0))], vec![]));
+        c.ctx
+            .informers
+            .pods
+            .apply(pod("plain", "n2", vec![], false));
+        let t0 = Instant::now();
+        c.update_disruption(t0);
+        c.reconcile_at("n2", t0, ts(0)).await.unwrap();
+        fake.clear();
+        c.reconcile_at("n2", t0 + Duration::from_secs(51), ts(51))
+            .await
+            .unwrap();
+        // n2 turns Unknown; with no Ready node left it gets no NoExecute taint, and its pod stays.
+        assert_eq!(
+            fake.short_calls(),
+            vec!["update /api/v1/nodes/n2/status", "update /api/v1/nodes/n2"]
+        );
+        assert_eq!(
+            fake.calls()[1].body["spec"]["taints"],
+            json!([{"key": UNREACHABLE, "effect": NO_SCHEDULE, "timeAdded": Time(ts(51))}])
+        );
+    }
+
     #[test]
     fn zones_are_judged_by_their_ready_nodes() {
-        let zoned = |name: &str, zone: &str, ready: &str| {
-            let mut n = node(name, vec![cond("Ready", ready, ts(0))], vec![]);
-            n.metadata.labels =
-                Some([("topology.kubernetes.io/zone".to_string(), zone.to_string())].into());
-            Arc::new(n)
-        };
-        let nodes = vec![
-            zoned("a1", "a", "False"),
-            zoned("a2", "a", "Unknown"),
-            zoned("b1", "b", "True"),
-            zoned("c1", "c", "True"),
-            zoned("c2", "c", "False"),
-            zoned("c3", "c", "False"),
-            zoned("c4", "c", "False"),
-        ];
-        let states = zone_states(&nodes);
-        assert_eq!(states[&zone_of(&nodes[0])], (ZoneState::FullDisruption, 2));
-        assert_eq!(states[&zone_of(&nodes[2])], (ZoneState::Normal, 1));
-        assert_eq!(
-            states[&zone_of(&nodes[4])],
-            (ZoneState::PartialDisruption, 4)
-        );
-        let disruption = Disruption {
-            zones: states,
-            master: false,
-        };
-        // One zone down while others are up: upstream evicts at the normal rate.
-        assert_eq!(disruption.mode(&zone_of(&nodes[0])), NoExecuteMode::Normal);
-        assert_eq!(disruption.mode(&zone_of(&nodes[4])), NoExecuteMode::Frozen);
+        let mut d = Disruption::default();
+        for (name, zone, ready) in [
+            ("a1", "a", false),
+            ("a2", "a", false),
+            ("b1", "b", true),
+            ("c1", "c", true),
+            ("c2", "c", false),
+            ("c3", "c", false),
+            ("c4", "c", false),
+        ] {
+            d.set(name, zone.into(), ready);
+        }
+        assert_eq!(d.settle(), None);
+        // One zone down while others are up: upstream evicts at the normal rate there; a small
+        // zone mostly down gets no new NoExecute taints.
+        assert_eq!(d.mode("a"), NoExecuteMode::Normal);
+        assert_eq!(d.mode("b"), NoExecuteMode::Normal);
+        assert_eq!(d.mode("c"), NoExecuteMode::Frozen);
+        // Every zone down: master disruption, entered once.
+        d.set("b1", "b".into(), false);
+        d.set("c1", "c".into(), false);
+        assert_eq!(d.settle(), Some(true));
+        assert_eq!(d.settle(), None);
+        assert_eq!(d.mode("a"), NoExecuteMode::Off);
+        // A node judged again moves between the counts; a deleted one leaves them.
+        d.set("c1", "c".into(), true);
+        assert_eq!(d.settle(), Some(false));
+        d.remove("c1");
+        assert_eq!(d.settle(), Some(true));
+        assert_eq!(d.counts["c"], (0, 3));
     }
 
     #[test]
