@@ -559,16 +559,23 @@ impl NodeLifecycle {
         }
     }
 
-    /// Counts the cached nodes this controller has not judged yet (and forgets deleted ones),
-    /// then settles the disruption state.
+    /// One monitor pass over every cached node: each is judged (Ready and not silent for longer
+    /// than its grace) before any is acted on, so nodes that go silent together enter master
+    /// disruption together, as upstream's `monitorNodeHealth` does; deleted nodes are forgotten.
     pub fn update_disruption(&self, now: Instant) {
         let nodes = self.ctx.informers.nodes.list();
+        let judged: Vec<(String, String, bool)> = nodes
+            .iter()
+            .map(|node| {
+                let (_, stale) = self.assess(node, now);
+                let name = node.metadata.name.clone().unwrap_or_default();
+                (name, zone_of(node), is_ready(node) && !stale)
+            })
+            .collect();
         let transition = {
             let mut disruption = lock(&self.disruption);
-            let names: std::collections::HashSet<&str> = nodes
-                .iter()
-                .filter_map(|n| n.metadata.name.as_deref())
-                .collect();
+            let names: std::collections::HashSet<&str> =
+                judged.iter().map(|(n, _, _)| n.as_str()).collect();
             let gone: Vec<String> = disruption
                 .nodes
                 .keys()
@@ -578,11 +585,8 @@ impl NodeLifecycle {
             for name in gone {
                 disruption.remove(&name);
             }
-            for node in &nodes {
-                let name = node.metadata.name.as_deref().unwrap_or_default();
-                if !disruption.nodes.contains_key(name) {
-                    disruption.set(name, zone_of(node), is_ready(node));
-                }
+            for (name, zone, ready) in judged {
+                disruption.set(&name, zone, ready);
             }
             disruption.seeded = true;
             disruption.settle()
@@ -615,6 +619,31 @@ impl NodeLifecycle {
             }
             None => {}
         }
+    }
+
+    /// Records `node`'s heartbeats as seen at `now`; says whether it has been silent for longer
+    /// than its grace period.
+    fn assess(&self, node: &Node, now: Instant) -> (Health, bool) {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let (heartbeat, renewed) = self.heartbeats(node);
+        let health = {
+            let mut map = lock(&self.health);
+            let health = observe(map.get(name), heartbeat, renewed, now);
+            map.insert(name.to_string(), health.clone());
+            health
+        };
+        let reported = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .is_some_and(|c| condition(c, "Ready").is_some());
+        let grace = if reported {
+            self.ctx.config.node_monitor_grace_period
+        } else {
+            self.ctx.config.node_startup_grace_period
+        };
+        let stale = now.duration_since(health.probe) > grace;
+        (health, stale)
     }
 
     fn heartbeats(&self, node: &Node) -> (Option<Timestamp>, Option<Timestamp>) {
@@ -663,24 +692,13 @@ impl NodeLifecycle {
             return Ok(Action::Done);
         };
         let mut node = (*cached).clone();
-        let (heartbeat, renewed) = self.heartbeats(&node);
-        let mut health = {
-            let mut map = lock(&self.health);
-            let health = observe(map.get(name), heartbeat, renewed, now);
-            map.insert(name.to_string(), health.clone());
-            health
-        };
+        let (mut health, stale) = self.assess(&node, now);
         let mut conditions = node
             .status
             .as_ref()
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
-        let grace = if condition(&conditions, "Ready").is_none() {
-            self.ctx.config.node_startup_grace_period
-        } else {
-            self.ctx.config.node_monitor_grace_period
-        };
-        if now.duration_since(health.probe) > grace {
+        if stale {
             if let Some(updated) =
                 mark_unknown(&conditions, node.metadata.creation_timestamp.as_ref(), wall)
             {
@@ -1531,6 +1549,38 @@ mod tests {
         assert_eq!(
             fake.calls()[1].body["spec"]["taints"],
             json!([{"key": UNREACHABLE, "effect": NO_SCHEDULE, "timeAdded": Time(ts(51))}])
+        );
+    }
+
+    #[tokio::test]
+    async fn nodes_that_go_silent_together_enter_disruption_together() {
+        let (c, fake, _rx) = setup();
+        for n in ["n1", "n2"] {
+            c.ctx
+                .informers
+                .nodes
+                .apply(node(n, vec![cond("Ready", "True", ts(0))], vec![]));
+            c.ctx
+                .informers
+                .pods
+                .apply(pod(&format!("p-{n}"), n, vec![], false));
+        }
+        let t0 = Instant::now();
+        c.update_disruption(t0);
+        c.update_disruption(t0 + Duration::from_secs(51));
+        c.reconcile_at("n1", t0 + Duration::from_secs(51), ts(51))
+            .await
+            .unwrap();
+        assert_eq!(
+            fake.short_calls(),
+            vec!["update /api/v1/nodes/n1/status", "update /api/v1/nodes/n1"]
+        );
+        assert_eq!(
+            fake.calls()[1].body["spec"]["taints"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
         );
     }
 
