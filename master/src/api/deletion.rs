@@ -48,6 +48,8 @@ pub(super) struct DeleteRequest {
     /// `preconditions.resourceVersion`.
     pub resource_version: Option<String>,
     pub dry_run: bool,
+    /// The DeleteOptions as sent, for the propagation policy (`propagation::before_delete`).
+    pub options: Value,
 }
 
 impl DeleteRequest {
@@ -125,6 +127,7 @@ impl DeleteRequest {
             uid: preconditions.uid.filter(|u| !u.is_empty()),
             resource_version: preconditions.resource_version.filter(|v| !v.is_empty()),
             dry_run: query_dry_run || typed.dry_run.is_some_and(|d| !d.is_empty()),
+            options: options.clone(),
         })
     }
 }
@@ -168,10 +171,7 @@ pub(super) fn plan(
     requested: Option<i64>,
     now: OffsetDateTime,
 ) -> Deletion {
-    let has_finalizers = object
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+    let has_finalizers = super::propagation::held(kind, object);
     let graceful = if kind == "Pod" {
         graceful_pod(object, requested, now)
     } else {
@@ -308,6 +308,7 @@ pub(super) async fn delete_object(
         if let Some(prepare) = prepare {
             prepare(&mut object);
         }
+        super::propagation::before_delete(r, name, &mut object, &request.options)?;
         let action = plan(
             r.kind,
             &mut object,
@@ -654,7 +655,13 @@ mod tests {
                 .collect()
         };
         let parse = |body: &str, q: Query| DeleteRequest::parse(pods, "p", body.as_bytes(), &q);
-        assert_eq!(parse("", query(&[])).unwrap(), DeleteRequest::default());
+        assert_eq!(
+            parse("", query(&[])).unwrap(),
+            DeleteRequest {
+                options: json!({}),
+                ..Default::default()
+            }
+        );
         assert_eq!(
             parse("", query(&[("gracePeriodSeconds", "0")]))
                 .unwrap()
@@ -673,8 +680,10 @@ mod tests {
                 uid: Some("u1".into()),
                 resource_version: Some("7".into()),
                 dry_run: true,
+                options: full.options.clone(),
             }
         );
+        assert_eq!(full.options["gracePeriodSeconds"], 5);
         assert!(parse("", query(&[("dryRun", "All")])).unwrap().dry_run);
         let code = |body: &str, q: Query| parse(body, q).unwrap_err().code.as_u16();
         assert_eq!(code("", query(&[("gracePeriodSeconds", "soon")])), 400);

@@ -886,11 +886,7 @@ async fn store_update(
         .and_then(|m| m.get("deletionGracePeriodSeconds"))
         .and_then(Value::as_i64)
         == Some(0);
-    let finalizers_empty = object
-        .get("metadata")
-        .and_then(|m| m.get("finalizers"))
-        .and_then(Value::as_array)
-        .is_none_or(Vec::is_empty);
+    let finalizers_empty = !super::propagation::held(r.kind, &object);
     let bytes = serde_json::to_vec(&object).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if deleting && finalizers_empty {
         return match state.store.delete(&target.key(name), Some(expected)).await {

@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod openapi;
 pub mod patch_meta;
 pub mod pki;
+pub mod propagation;
 pub mod resources;
 pub mod selectors;
 pub mod smp;

@@ -39,7 +39,10 @@ pub async fn handle(
         ("scale", &Method::PATCH) => patch_scale(&state, &target, &query, headers, body).await,
         ("binding", &Method::POST) => bind(&state, &target, &query, body).await,
         ("eviction", &Method::POST) => evict(&state, &target, &query, body).await,
-        ("scale" | "binding" | "eviction", method) => Err(method_not_allowed(method)),
+        ("finalize", &Method::PUT) => {
+            super::propagation::finalize(state, &target, &query, body).await
+        }
+        ("scale" | "binding" | "eviction" | "finalize", method) => Err(method_not_allowed(method)),
         (sub, _) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",

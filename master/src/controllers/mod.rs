@@ -12,10 +12,14 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
+pub mod garbagecollector;
 pub mod history;
 pub mod job;
 pub mod leader;
+pub mod namespace;
 pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
@@ -66,6 +70,8 @@ pub struct Config {
     /// (for example `*,-cronjob`). Names: replicaset, deployment, daemonset, statefulset, job,
     /// cronjob, ttl-after-finished, endpoint, endpointslice, nodelifecycle, nodeipam, namespace,
     /// garbagecollector, serviceaccount, scheduler.
+    /// cronjob, endpoint, endpointslice, nodelifecycle, nodeipam, namespace, garbagecollector,
+    /// podgc, serviceaccount, scheduler.
     #[arg(
         long,
         env = "SKIFF_CONTROLLERS",
@@ -298,6 +304,10 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
         ("job", job::start),
         ("cronjob", cronjob::start),
         ("ttl-after-finished", ttl::start),
+        ("nodelifecycle", nodelifecycle::start),
+        ("namespace", namespace::start),
+        ("garbagecollector", garbagecollector::start),
+        ("podgc", podgc::start),
     ];
     for (name, start) in loops {
         if ctx.config.enabled(name) {
