@@ -1,14 +1,78 @@
-use clap::Parser;
+//! `skiff-node`: the node agent (arrives with the node-agent step) and, meanwhile,
+//! `skiff-node hollow`, which fakes many nodes over the Kubernetes API.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use skiff_node::hollow;
 
 /// Skiff's node agent (runs pods on containerd; eBPF Service load balancing and telemetry).
 #[derive(Parser)]
 #[command(name = "skiff-node", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!(
-        "skiff-node is not built yet: the node agent arrives with the node-agent step; \
-         run `skiff-master` for the control plane"
-    )
+#[derive(Subcommand)]
+enum Command {
+    /// Fake N nodes purely over the Kubernetes API (no containers), like kubemark or KWOK:
+    /// register them, renew their leases, and take their pods through Running to completion.
+    Hollow(hollow::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        None => anyhow::bail!(
+            "skiff-node is not built yet: the node agent arrives with the node-agent step; \
+             run `skiff-master` for the control plane (or `skiff-node hollow` for fake nodes)"
+        ),
+        Some(Command::Hollow(args)) => {
+            init_tracing(args.log_format);
+            // Every flag is checked before anything is contacted.
+            let settings = hollow::Settings::from_args(&args)?;
+            // kube's rustls client needs a process-wide provider; keep to ring like the master.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            hollow::run(settings, shutdown_signal())
+                .await
+                .context("skiff-node hollow failed")
+        }
+    }
+}
+
+fn init_tracing(format: hollow::LogFormat) {
+    // kube-client logs every failed request at ERROR; hollow logs the failures it handles
+    // (and holds back repeats), so that layer is off unless RUST_LOG asks for it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        hollow::LogFormat::Json => builder.json().init(),
+        hollow::LogFormat::Text => builder.init(),
+    }
+}
+
+/// Listens for SIGTERM and SIGINT from now on (so a signal during start-up is not lost) and
+/// returns a future that completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
 }
