@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use skiff_master::testing::Master;
 
@@ -362,6 +362,19 @@ async fn hollow_nodes_register_renew_and_run_pods() {
 
     let elsewhere = pods.get("elsewhere").await.expect("pod elsewhere");
     assert_ne!(phase(&elsewhere), "Running", "not on a hollow node");
+
+    // Deleting a pod on a hollow node: the API server marks it (graceful deletion) and the
+    // hollow kubelet finishes with a grace-0 delete, so it goes.
+    pods.delete("web", &DeleteParams::default())
+        .await
+        .expect("delete pod web");
+    eventually(&hollow, "pod web gone", || async {
+        match pods.get("web").await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
 
     // SIGTERM: a clean stop; the nodes stay registered.
     let status = hollow.terminate();
