@@ -570,7 +570,8 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_starts_in_order() {
     let master = start_master(None, &[]);
-    let _nodes = hollow(&master, "node-", 0, 2, &["--pod-start-delay", "300"]);
+    // Each pod takes 1.5 s to start, so ordered starts are seconds apart.
+    let _nodes = hollow(&master, "node-", 0, 2, &["--pod-start-delay", "1500"]);
     let client = client(&master).await;
     apply(
         &master,
@@ -599,7 +600,8 @@ spec:
         .collect();
     names.sort();
     assert_eq!(names, ["db-0", "db-1", "db-2"]);
-    // Ordered start: each pod was created after the previous one was running.
+    // Ordered start: each pod was created only after the previous one was running, so db-2
+    // came at least two start delays after db-0 (timestamps have whole seconds).
     let created = |name: &str| {
         pods.iter()
             .find(|p| p.metadata.name.as_deref() == Some(name))
@@ -607,7 +609,8 @@ spec:
             .expect("created")
             .0
     };
-    assert!(created("db-0") < created("db-2"));
+    let apart = created("db-2").duration_since(created("db-0"));
+    assert!(apart.as_secs() >= 2, "db-0 and db-2 created {apart:?} apart");
     let sets: kube::Api<StatefulSet> = kube::Api::namespaced(client.clone(), "default");
     let status = sets.get("db").await.expect("get").status.expect("status");
     assert_eq!(status.ready_replicas, Some(3));

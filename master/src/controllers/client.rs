@@ -359,11 +359,20 @@ pub fn path_of<K: Resource<DynamicType = ()>>(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> String {
+    // Cluster-scoped kinds have no namespace segment, whatever the caller passed.
+    let namespace = namespace.filter(|_| is_namespaced::<K>());
     let collection = K::url_path(&(), namespace);
     match name {
         Some(name) => format!("{collection}/{name}"),
         None => collection,
     }
+}
+
+/// Whether kind `K` lives in namespaces (kube's `url_path` does not look at the scope).
+pub fn is_namespaced<K: Resource<DynamicType = ()>>() -> bool {
+    // The scope is a marker type (`NamespaceResourceScope` or `ClusterResourceScope`); its name
+    // is all there is to read without a `'static` bound on every caller.
+    std::any::type_name::<K::Scope>().ends_with("::NamespaceResourceScope")
 }
 
 fn decode<K: DeserializeOwned>(
@@ -547,6 +556,12 @@ mod tests {
     use k8s_openapi::api::apps::v1::ReplicaSet;
     use k8s_openapi::api::core::v1::{Node, Pod};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn scope_is_read_from_the_type() {
+        assert!(is_namespaced::<Pod>());
+        assert!(!is_namespaced::<Node>());
+    }
 
     #[test]
     fn paths_follow_the_api_layout() {

@@ -80,8 +80,7 @@ impl Kind {
             kind: K::kind(&()).to_string(),
             group: K::group(&()).to_string(),
             plural: K::plural(&()).to_string(),
-            // A namespaced kind's collection path names the namespace.
-            namespaced: K::url_path(&(), Some("x")).contains("/namespaces/x/"),
+            namespaced: crate::controllers::client::is_namespaced::<K>(),
             collectable,
             get: Box::new(move |key| get_from.get(key).map(|o| o.meta().clone())),
             owned_by: Box::new(move |uid| {
