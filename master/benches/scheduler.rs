@@ -253,7 +253,10 @@ async fn main() {
         "scheduler benchmark: {} hollow nodes, {} + {} pods, {} in all",
         args.nodes, args.throughput_pods, args.latency_pods, args.total_pods
     );
-    let master = Master::start(&binary, None, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    // A /9 of pod addresses gives 1,000+ nodes a /24 each (the default /16 covers 256 nodes),
+    // clear of the Service range 10.96.0.0/12.
+    let master_flags = ["--cluster-cidr", "10.128.0.0/9"];
+    let master = Master::start(&binary, None, &master_flags).unwrap_or_else(|e| panic!("{e:#}"));
     let master_pid = master.pid().expect("master pid");
     let cpu_at_start = cpu_seconds(Some(master_pid)).unwrap_or(0.0);
     let client = client(&master).await;
