@@ -610,7 +610,10 @@ spec:
             .0
     };
     let apart = created("db-2").duration_since(created("db-0"));
-    assert!(apart.as_secs() >= 2, "db-0 and db-2 created {apart:?} apart");
+    assert!(
+        apart.as_secs() >= 2,
+        "db-0 and db-2 created {apart:?} apart"
+    );
     let sets: kube::Api<StatefulSet> = kube::Api::namespaced(client.clone(), "default");
     let status = sets.get("db").await.expect("get").status.expect("status");
     assert_eq!(status.ready_replicas, Some(3));

@@ -67,7 +67,7 @@ impl Error {
 #[command(next_help_heading = "Scheduler and controllers")]
 pub struct Config {
     /// Controllers to run: `*` for all, a name to enable one, `-name` to disable one
-    /// (for example `*,-cronjob`). Names: replicaset, deployment, daemonset, statefulset, job,
+    /// (for example `*,-cronjob`; empty runs none). Names: replicaset, deployment, daemonset, statefulset, job,
     /// cronjob, ttl-after-finished, endpoint, endpointslice, nodelifecycle, nodeipam, namespace,
     /// garbagecollector, serviceaccount, scheduler.
     /// cronjob, endpoint, endpointslice, nodelifecycle, nodeipam, namespace, garbagecollector,

@@ -135,7 +135,9 @@ class Run:
 
 
 class PodWatch:
-    """A Watch on one namespace's pods in a thread; events arrive on a queue."""
+    """A Watch on one namespace's pod named "watched" in a thread; events arrive on a queue.
+
+    The field selector keeps out pods the controllers create and delete meanwhile."""
 
     def __init__(self, core, ns, resource_version, seconds):
         self.events = queue.Queue()
@@ -148,6 +150,7 @@ class PodWatch:
                     core.list_namespaced_pod,
                     ns,
                     resource_version=resource_version,
+                    field_selector="metadata.name=watched",
                     timeout_seconds=seconds,
                     # The server ends the watch after timeoutSeconds; the read timeout is a backstop.
                     _request_timeout=(REQUEST_TIMEOUT, seconds + REQUEST_TIMEOUT),
