@@ -31,7 +31,7 @@ use super::history::{self, REVISION_HASH};
 use super::runtime::{self, key_of, Change, Key};
 use super::workloads::{
     controller_ref, is_available, is_controlled_by, is_ready, is_terminating, phase,
-    pod_from_template, queue_controllers, scaled_value, Selector,
+    pod_from_template, queue_controllers_on_change, scaled_value, Selector,
 };
 use super::{Action, Context, Error, EventType, Informer, Reconciler, WorkQueue};
 
@@ -57,22 +57,8 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) {
     ctx.informers
         .daemon_sets
         .on_change(move |change| q.add(key_of(&change.object().metadata)));
-    let q = queue.clone();
-    ctx.informers.pods.on_change(move |change| match change {
-        Change::Applied { old, new } => {
-            queue_controllers(&q, "DaemonSet", old.map(|o| &o.metadata), &new.metadata)
-        }
-        Change::Deleted(old) => queue_controllers(&q, "DaemonSet", None, &old.metadata),
-    });
-    let q = queue.clone();
-    ctx.informers
-        .controller_revisions
-        .on_change(move |change| match change {
-            Change::Applied { old, new } => {
-                queue_controllers(&q, "DaemonSet", old.map(|o| &o.metadata), &new.metadata)
-            }
-            Change::Deleted(old) => queue_controllers(&q, "DaemonSet", None, &old.metadata),
-        });
+    queue_controllers_on_change(&ctx.informers.pods, &queue, "DaemonSet");
+    queue_controllers_on_change(&ctx.informers.controller_revisions, &queue, "DaemonSet");
     let q = queue.clone();
     let sets = ctx.informers.daemon_sets.clone();
     ctx.informers.nodes.on_change(move |change| {

@@ -25,10 +25,10 @@ use tokio::task::JoinSet;
 
 use super::client::{delete_uid, PatchType};
 use super::history::{self, REVISION_HASH};
-use super::runtime::{self, key_of, Change};
+use super::runtime::{self, key_of};
 use super::workloads::{
     controller_ref, is_available, is_controlled_by, is_ready, is_terminating, phase,
-    pod_from_template, queue_controllers, Selector,
+    pod_from_template, queue_controllers_on_change, Selector,
 };
 use super::{Action, Context, Error, EventType, Reconciler, WorkQueue};
 
@@ -44,22 +44,8 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) {
     ctx.informers
         .stateful_sets
         .on_change(move |change| q.add(key_of(&change.object().metadata)));
-    let q = queue.clone();
-    ctx.informers.pods.on_change(move |change| match change {
-        Change::Applied { old, new } => {
-            queue_controllers(&q, "StatefulSet", old.map(|o| &o.metadata), &new.metadata)
-        }
-        Change::Deleted(old) => queue_controllers(&q, "StatefulSet", None, &old.metadata),
-    });
-    let q = queue.clone();
-    ctx.informers
-        .controller_revisions
-        .on_change(move |change| match change {
-            Change::Applied { old, new } => {
-                queue_controllers(&q, "StatefulSet", old.map(|o| &o.metadata), &new.metadata)
-            }
-            Change::Deleted(old) => queue_controllers(&q, "StatefulSet", None, &old.metadata),
-        });
+    queue_controllers_on_change(&ctx.informers.pods, &queue, "StatefulSet");
+    queue_controllers_on_change(&ctx.informers.controller_revisions, &queue, "StatefulSet");
     let controller = Arc::new(StatefulSetController { ctx: ctx.clone() });
     tasks.spawn(runtime::run(controller, queue, ctx.config.concurrent_syncs));
 }

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 
-use super::runtime::{key, Key};
+use super::runtime::{key, Change, Informer, Key};
 use super::WorkQueue;
 
 /// One requirement of a [`Selector`].
@@ -128,6 +128,27 @@ pub fn queue_controllers(
     if let Some(k) = new_key {
         queue.add(k);
     }
+}
+
+/// Queues, on every change in `informer`, the controller of kind `kind` of the old and new
+/// object (pods and ControllerRevisions wake the set that owns them).
+pub fn queue_controllers_on_change<K>(informer: &Informer<K>, queue: &WorkQueue, kind: &'static str)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let queue = queue.clone();
+    informer.on_change(move |change| match change {
+        Change::Applied { old, new } => {
+            queue_controllers(&queue, kind, old.map(|o| o.meta()), new.meta())
+        }
+        Change::Deleted(old) => queue_controllers(&queue, kind, None, old.meta()),
+    });
 }
 
 /// A pod from `template` in `namespace`, controlled by `owner` (`GetPodFromTemplate`); the
