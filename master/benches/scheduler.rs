@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
-use kube::{Client, Config};
+use kube::Client;
 use skiff_master::testing::{Hollow, Master};
 
 mod common;
@@ -111,11 +111,7 @@ fn pod(name: &str) -> Pod {
 }
 
 async fn client(master: &Master) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&master.kubeconfig).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    Client::try_from(config).expect("client")
+    master.client().await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Watches the namespace's pods and stamps the first time each is seen bound and Running.

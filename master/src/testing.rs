@@ -308,6 +308,26 @@ impl Master {
         self.dir.path()
     }
 
+    /// A kube client authenticated by the admin kubeconfig (its own connection pool).
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("read {}", self.kubeconfig.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .context("client config from the admin kubeconfig")?;
+        kube::Client::try_from(config).context("build the kube client")
+    }
+
+    /// Runs the real `kubectl` with the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .context("run kubectl (install it with cluster/install-deps.sh)")
+    }
+
     /// The process id, for RSS and CPU readings.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

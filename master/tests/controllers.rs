@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -44,25 +43,12 @@ fn hollow(master: &Master, prefix: &str, start: usize, count: usize, args: &[&st
 }
 
 async fn client(master: &Master) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&master.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("client config");
-    kube::Client::try_from(config).expect("client")
-}
-
-fn kubectl(master: &Master, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&master.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl (install it with cluster/install-deps.sh)")
+    master.client().await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs kubectl and returns stdout, failing the test with its output if it fails.
 fn ok(master: &Master, args: &[&str]) -> String {
-    let out = kubectl(master, args);
+    let out = master.kubectl(args).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
         out.status.success(),
         "kubectl {args:?} failed: {}{}\nmaster log: {}",

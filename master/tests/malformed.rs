@@ -141,12 +141,8 @@ async fn malformed_input_gets_4xx_and_loses_nothing() {
     // `PodScheduled` to the pod would be a change.
     let master =
         Master::start(binary, None, &["--controllers="]).unwrap_or_else(|e| panic!("{e:#}"));
-    let kubeconfig = kube::config::Kubeconfig::read_from(&master.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("client config");
     let probe = Probe {
-        client: kube::Client::try_from(config).expect("client"),
+        client: master.client().await.unwrap_or_else(|e| panic!("{e:#}")),
     };
 
     let (code, _) = probe
