@@ -42,6 +42,11 @@ pub struct Config {
     #[arg(long, env = "SKIFF_ETCD_SERVERS", value_delimiter = ',')]
     pub etcd_servers: Vec<String>,
 
+    /// The embedded store's page cache, in MiB: an upper bound on the store's resident pages
+    /// (ignored with `--etcd-servers`).
+    #[arg(long, env = "SKIFF_STORE_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub store_cache_mib: u32,
+
     /// How often the store's history is compacted to the revision seen one interval earlier
     /// (as kube-apiserver does every 5 minutes). Watches older than that get 410 Gone.
     #[arg(long, env = "SKIFF_COMPACTION_INTERVAL_SECONDS", default_value_t = 300)]
@@ -155,6 +160,7 @@ impl Config {
         if self.etcd_servers.is_empty() {
             Backend::Embedded {
                 path: self.data_dir.join("state.redb"),
+                cache_bytes: (self.store_cache_mib as usize) << 20,
             }
         } else {
             Backend::Etcd {
@@ -194,12 +200,21 @@ mod tests {
             &[],
             Ok(Backend::Embedded {
                 path: "/var/lib/skiff/state.redb".into(),
+                cache_bytes: 64 << 20,
             }),
         );
         check(
             &["--data-dir", "/tmp/x"],
             Ok(Backend::Embedded {
                 path: "/tmp/x/state.redb".into(),
+                cache_bytes: 64 << 20,
+            }),
+        );
+        check(
+            &["--store-cache-mib", "16"],
+            Ok(Backend::Embedded {
+                path: "/var/lib/skiff/state.redb".into(),
+                cache_bytes: 16 << 20,
             }),
         );
         check(
@@ -255,6 +270,7 @@ mod tests {
         let embedded = || {
             Ok(Backend::Embedded {
                 path: "/var/lib/skiff/state.redb".into(),
+                cache_bytes: 64 << 20,
             })
         };
         check(&["--service-cluster-ip-range", "10.0.0.0/16"], embedded());

@@ -52,6 +52,8 @@ pub const MAX_BATCH: usize = 1024;
 const WRITE_QUEUE: usize = 4096;
 /// Events the broadcast channel holds for slow watchers before they replay from the log.
 const EVENT_BUFFER: usize = 4096;
+/// redb's page cache when no size is given: the hot pages of a busy cluster's store.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// Log entries a watcher replays per read transaction.
 const REPLAY_PAGE: usize = 1024;
 
@@ -99,7 +101,13 @@ impl EmbeddedStore {
     /// An existing file is checked page by page before use: a truncated or damaged file, or one
     /// that is not a Skiff store, is an error naming the file, never an empty store.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = open_database(path)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open) with redb's page cache capped at `cache_bytes` (redb's own default
+    /// is 1 GiB, which a busy store fills: it shows as resident memory).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self> {
+        let db = open_database(path, cache_bytes)?;
         let (revision, compacted) = read_meta(&db, path)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let shared = Arc::new(Shared {
@@ -257,7 +265,7 @@ fn missing_result() -> Error {
 // ---------------------------------------------------------------------------------------------
 // Opening
 
-fn open_database(path: &Path) -> Result<Database> {
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database> {
     let open_error = |reason: String| Error::Open {
         path: path.to_path_buf(),
         reason,
@@ -271,6 +279,7 @@ fn open_database(path: &Path) -> Result<Database> {
                 .map_err(|e| open_error(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = Database::builder()
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| open_error(e.to_string()))?;
         initialise(&db, path)?;
@@ -280,6 +289,7 @@ fn open_database(path: &Path) -> Result<Database> {
     // debug builds assert on impossible states) into the same clear error.
     let opened = catch_unwind(AssertUnwindSafe(|| {
         Database::builder()
+            .set_cache_size(cache_bytes)
             .set_check_integrity_on_open(true)
             .open(path)
     }));

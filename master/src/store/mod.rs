@@ -146,8 +146,8 @@ pub trait Store: Send + Sync + 'static {
 /// Which backend, and how to reach it.
 #[derive(Clone, Debug)]
 pub enum Backend {
-    /// One redb file under the data directory.
-    Embedded { path: PathBuf },
+    /// One redb file under the data directory, with a page cache of at most `cache_bytes`.
+    Embedded { path: PathBuf, cache_bytes: usize },
     /// An etcd cluster; any of the endpoints may answer.
     Etcd { endpoints: Vec<String> },
 }
@@ -155,11 +155,13 @@ pub enum Backend {
 /// Opens the configured backend.
 pub async fn open(backend: &Backend) -> Result<Arc<dyn Store>> {
     Ok(match backend {
-        Backend::Embedded { path } => {
-            let path = path.clone();
-            let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&path))
-                .await
-                .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+        Backend::Embedded { path, cache_bytes } => {
+            let (path, cache_bytes) = (path.clone(), *cache_bytes);
+            let store = tokio::task::spawn_blocking(move || {
+                embedded::EmbeddedStore::open_with_cache(&path, cache_bytes)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
             Arc::new(store)
         }
         Backend::Etcd { endpoints } => {
