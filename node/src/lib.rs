@@ -6,6 +6,8 @@
 //! (no containers), for testing the scheduler and controllers at cluster scale.
 
 pub mod hollow;
+pub mod runtime;
+pub mod testing;
 
 /// The directory under which the agent pins its eBPF objects.
 pub fn pin_dir() -> &'static str {
