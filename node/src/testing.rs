@@ -145,3 +145,74 @@ fn unmount_under(dir: &Path) {
         }
     }
 }
+
+/// Makes a committed snapshot `name` holding the host's static busybox (`/bin/busybox` from
+/// Debian's busybox-static) with a symlink per applet, `/etc/passwd` and `/etc/group`: a
+/// rootfs parent for runtime tests that need no image.
+pub async fn busybox_snapshot(
+    runtime: &crate::runtime::Containerd,
+    name: &str,
+) -> anyhow::Result<()> {
+    use crate::runtime::containers::SNAPSHOTTER;
+    use containerd_client::services::v1::snapshots::{
+        CommitSnapshotRequest, PrepareSnapshotRequest,
+    };
+
+    // Roots for containerd's garbage collector, which would otherwise remove them at once.
+    let gc_root = || {
+        std::collections::HashMap::from([(
+            crate::runtime::containers::GC_ROOT_LABEL.to_string(),
+            crate::runtime::containers::gc_root_value(),
+        )])
+    };
+    let key = format!("{name}-extract");
+    let mounts = runtime
+        .client()
+        .snapshots()
+        .prepare(runtime.request(PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.clone(),
+            parent: String::new(),
+            labels: gc_root(),
+        }))
+        .await?
+        .into_inner()
+        .mounts;
+    // A snapshot without a parent is a plain directory, bind-mounted: write into it directly.
+    let dir = match mounts.as_slice() {
+        [m] if m.r#type == "bind" => PathBuf::from(&m.source),
+        other => anyhow::bail!("unexpected mounts for a parentless snapshot: {other:?}"),
+    };
+    let busybox = Path::new("/bin/busybox");
+    anyhow::ensure!(
+        busybox.exists(),
+        "/bin/busybox is missing: install busybox-static (cluster/install-deps.sh)"
+    );
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "var/run"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox"))?;
+    let list = Command::new(busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = dir.join("bin").join(applet);
+        if applet != "busybox" && !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    runtime
+        .client()
+        .snapshots()
+        .commit(runtime.request(CommitSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            name: name.into(),
+            key,
+            labels: gc_root(),
+        }))
+        .await?;
+    Ok(())
+}
