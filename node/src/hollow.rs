@@ -1459,7 +1459,7 @@ async fn register_node(
 }
 
 /// Adds our labels and taints to an existing node; writes only if that changes it.
-async fn take_over(nodes: &Api<Node>, desired: &Node) -> Result<Node, kube::Error> {
+pub(crate) async fn take_over(nodes: &Api<Node>, desired: &Node) -> Result<Node, kube::Error> {
     let name = desired.metadata.name.as_deref().unwrap_or_default();
     let mut node = nodes.get(name).await?;
     let before = (node.metadata.labels.clone(), node.spec.clone());
@@ -1494,7 +1494,7 @@ async fn take_over(nodes: &Api<Node>, desired: &Node) -> Result<Node, kube::Erro
 }
 
 /// Creates the node's lease, or renews an existing one as ours.
-async fn ensure_lease(
+pub(crate) async fn ensure_lease(
     leases: &Api<Lease>,
     name: &str,
     node_uid: Option<&str>,
@@ -1516,7 +1516,7 @@ async fn ensure_lease(
 }
 
 /// Renews the node's lease; re-creates it if it is gone.
-async fn renew_lease(
+pub(crate) async fn renew_lease(
     leases: &Api<Lease>,
     name: &str,
     node_uid: Option<&str>,
@@ -1533,7 +1533,7 @@ async fn renew_lease(
 }
 
 /// Merge-patches a node's status (`{"status": ...}`).
-async fn patch_node_status(
+pub(crate) async fn patch_node_status(
     api: &Api<Node>,
     name: &str,
     patch: &serde_json::Value,

@@ -23,6 +23,9 @@ use prost_types::Any;
 use tonic::Code;
 
 use super::spec::SPEC_TYPE_URL;
+
+/// The type URL of a process spec (for exec).
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 use super::Containerd;
 
 /// The pod's namespace (CRI label).
@@ -308,6 +311,83 @@ impl Containerd {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot remove the snapshot of {id}")),
         }
+    }
+
+    /// Runs `args` inside the running container `id` (its environment and working directory,
+    /// as `process` in the runtime spec says) without input or output, and waits up to
+    /// `timeout` for it. Returns the exit code; a process that overruns is killed and reported
+    /// as `None`. For probes and lifecycle hooks.
+    pub async fn exec_and_wait(
+        &self,
+        id: &str,
+        process: &serde_json::Value,
+        args: &[String],
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Option<u32>> {
+        use containerd_client::services::v1::{DeleteProcessRequest, ExecProcessRequest};
+        let exec_id = format!("probe-{}", uuid::Uuid::new_v4().simple());
+        let mut process = process.clone();
+        process["args"] = serde_json::json!(args);
+        process["terminal"] = serde_json::json!(false);
+        self.client()
+            .tasks()
+            .exec(self.request(ExecProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.clone(),
+                spec: Some(Any {
+                    type_url: PROCESS_TYPE_URL.into(),
+                    value: serde_json::to_vec(&process)?,
+                }),
+                ..ExecProcessRequest::default()
+            }))
+            .await
+            .with_context(|| format!("cannot exec in {id}"))?;
+        let result = async {
+            // Wait is registered before Start so a quick exit is not missed.
+            let mut tasks = self.client().tasks();
+            let wait = tasks.wait(self.request(WaitRequest {
+                container_id: id.into(),
+                exec_id: exec_id.clone(),
+            }));
+            let mut starter = self.client().tasks();
+            let start = starter.start(self.request(StartRequest {
+                container_id: id.into(),
+                exec_id: exec_id.clone(),
+            }));
+            let (waited, started) = tokio::join!(
+                tokio::time::timeout(timeout, wait),
+                start
+            );
+            started.with_context(|| format!("cannot start the exec in {id}"))?;
+            match waited {
+                Ok(w) => Ok(Some(w.with_context(|| format!("cannot wait for the exec in {id}"))?
+                    .into_inner()
+                    .exit_status)),
+                Err(_) => {
+                    let _ = self
+                        .client()
+                        .tasks()
+                        .kill(self.request(KillRequest {
+                            container_id: id.into(),
+                            exec_id: exec_id.clone(),
+                            signal: libc::SIGKILL as u32,
+                            all: false,
+                        }))
+                        .await;
+                    Ok(None)
+                }
+            }
+        }
+        .await;
+        let _ = self
+            .client()
+            .tasks()
+            .delete_process(self.request(DeleteProcessRequest {
+                container_id: id.into(),
+                exec_id,
+            }))
+            .await;
+        result
     }
 
     /// Every container in the namespace with its task's state; `filters` are containerd
