@@ -115,7 +115,11 @@ fn result_json(config: &NetworkConfig, added: &Added) -> Value {
         "interface": pod_if,
     });
     if legacy {
-        ip["version"] = json!(if added.address.addr().is_ipv4() { "4" } else { "6" });
+        ip["version"] = json!(if added.address.addr().is_ipv4() {
+            "4"
+        } else {
+            "6"
+        });
     }
     let default = if added.gateway.is_ipv4() {
         "0.0.0.0/0"

@@ -252,7 +252,15 @@ impl Cni {
         let mut prev: Option<Value> = None;
         for plugin in &self.plugins {
             let out = self
-                .exec("ADD", plugin, container_id, Some(netns), ifname, args, prev.as_ref())
+                .exec(
+                    "ADD",
+                    plugin,
+                    container_id,
+                    Some(netns),
+                    ifname,
+                    args,
+                    prev.as_ref(),
+                )
                 .await?;
             let ty = plugin_type(plugin);
             let result: Value = serde_json::from_slice(&out).map_err(|e| CniError::BadResult {
@@ -287,8 +295,16 @@ impl Cni {
     ) -> Result<(), CniError> {
         let prev = self.cached_result(container_id, ifname);
         for plugin in self.plugins.iter().rev() {
-            self.exec("DEL", plugin, container_id, netns, ifname, args, prev.as_ref())
-                .await?;
+            self.exec(
+                "DEL",
+                plugin,
+                container_id,
+                netns,
+                ifname,
+                args,
+                prev.as_ref(),
+            )
+            .await?;
         }
         self.forget_result(container_id, ifname);
         Ok(())
@@ -308,8 +324,16 @@ impl Cni {
         }
         let prev = self.cached_result(container_id, ifname);
         for plugin in &self.plugins {
-            self.exec("CHECK", plugin, container_id, Some(netns), ifname, args, prev.as_ref())
-                .await?;
+            self.exec(
+                "CHECK",
+                plugin,
+                container_id,
+                Some(netns),
+                ifname,
+                args,
+                prev.as_ref(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -509,7 +533,11 @@ pub fn parse_result(result: &Value) -> Result<PodNetwork, String> {
         }
     } else {
         for key in ["ip4", "ip6"] {
-            if let Some(s) = result.get(key).and_then(|v| v.get("ip")).and_then(Value::as_str) {
+            if let Some(s) = result
+                .get(key)
+                .and_then(|v| v.get("ip"))
+                .and_then(Value::as_str)
+            {
                 ips.push(parse(s)?);
             }
         }
@@ -549,7 +577,10 @@ mod tests {
             json!({"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.1.0.3/24"},{"version":"6","address":"fd00::3/64"}]}),
             &["10.1.0.3", "fd00::3"],
         );
-        check(json!({"cniVersion":"0.2.0","ip4":{"ip":"10.1.0.4/24"}}), &["10.1.0.4"]);
+        check(
+            json!({"cniVersion":"0.2.0","ip4":{"ip":"10.1.0.4/24"}}),
+            &["10.1.0.4"],
+        );
         check(json!({"cniVersion":"1.0.0"}), &[]);
         assert!(parse_result(&json!({"ips":[{"address":"nonsense"}]})).is_err());
         assert!(parse_result(&json!({"ips":[{}]})).is_err());

@@ -334,7 +334,11 @@ struct LockGuard {
 /// the broadcast address is left out.
 fn host_count(subnet: &IpNet) -> u128 {
     let bits = subnet.max_prefix_len() - subnet.prefix_len();
-    let total: u128 = if bits >= 128 { u128::MAX } else { 1u128 << bits };
+    let total: u128 = if bits >= 128 {
+        u128::MAX
+    } else {
+        1u128 << bits
+    };
     match subnet {
         IpNet::V4(_) => total.saturating_sub(2),
         IpNet::V6(_) => total.saturating_sub(1),
@@ -399,7 +403,9 @@ mod tests {
         let got: Vec<IpAddr> = (0..5)
             .map(|i| ipam.allocate(&format!("c{i}"), "eth0").unwrap())
             .collect();
-        let want: Vec<IpAddr> = (2..=6).map(|i| format!("10.1.0.{i}").parse().unwrap()).collect();
+        let want: Vec<IpAddr> = (2..=6)
+            .map(|i| format!("10.1.0.{i}").parse().unwrap())
+            .collect();
         assert_eq!(got, want);
         match ipam.allocate("c-extra", "eth0") {
             Err(IpamError::Exhausted { used: 5, .. }) => {}
@@ -450,7 +456,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for cidr in ["10.0.0.0/31", "10.0.0.1/32"] {
             let err = Ipam::open(dir.path(), "n", cidr.parse().unwrap()).unwrap_err();
-            assert!(matches!(err, IpamError::SubnetTooSmall { .. }), "{cidr}: {err}");
+            assert!(
+                matches!(err, IpamError::SubnetTooSmall { .. }),
+                "{cidr}: {err}"
+            );
         }
         assert!(Ipam::open(dir.path(), "n", "10.0.0.0/30".parse().unwrap()).is_ok());
     }

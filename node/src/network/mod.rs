@@ -146,7 +146,10 @@ mod tests {
         };
         check(json!({"podCIDR": "10.244.0.5/24"}), "host bits");
         check(json!({"podCIDR": "10.244.0.0/24", "mtu": 10}), "mtu");
-        check(json!({"podCIDR": "10.244.0.0/24", "bridge": "a-very-long-bridge-name"}), "bridge");
+        check(
+            json!({"podCIDR": "10.244.0.0/24", "bridge": "a-very-long-bridge-name"}),
+            "bridge",
+        );
         check(json!({"bridge": "b"}), "podCIDR");
         check(json!({"podCIDR": "10.244.0.0/24", "bogus": 1}), "bogus");
     }

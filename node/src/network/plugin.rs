@@ -150,6 +150,22 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("sk{:012x}", h >> 16)
 }
 
+/// The MAC address for an interface holding `ip`: `0a:58` and the address's last four bytes,
+/// as Kubernetes' network plugins do. A pod that gets an address again gets the same MAC, so
+/// its neighbours' ARP caches stay right; the bridge has a fixed one too (derived from the
+/// gateway), so it does not change as ports come and go (a bridge otherwise takes its lowest
+/// port's MAC, and every pod's gateway entry would go stale).
+pub fn mac_for(ip: IpAddr) -> [u8; 6] {
+    let tail: [u8; 4] = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    [0x0a, 0x58, tail[0], tail[1], tail[2], tail[3]]
+}
+
 /// CNI ADD.
 pub async fn add(
     network: &str,
@@ -190,6 +206,7 @@ async fn add_links(
     })?;
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(ifname.to_string())
+        .address(mac_for(ip).to_vec())
         .mtu(conf.mtu)
         .setns_by_fd(ns.as_raw_fd())
         .build();
@@ -274,7 +291,12 @@ async fn ensure_bridge(handle: &Handle, conf: &PluginConf) -> Result<u32, Error>
         None => {
             match handle
                 .link()
-                .add(LinkBridge::new(name).mtu(conf.mtu).build())
+                .add(
+                    LinkBridge::new(name)
+                        .mtu(conf.mtu)
+                        .address(mac_for(conf.gateway().addr()).to_vec())
+                        .build(),
+                )
                 .execute()
                 .await
             {
@@ -353,17 +375,15 @@ async fn configure_pod_side(
             what: format!("add address {address} to {ifname} in the pod"),
             source,
         })?;
-    for (index, name) in [(link.index, ifname)] {
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|source| Error::Netlink {
-                what: format!("set {name} up in the pod"),
-                source,
-            })?;
-    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(link.index).up().build())
+        .execute()
+        .await
+        .map_err(|source| Error::Netlink {
+            what: format!("set {ifname} up in the pod"),
+            source,
+        })?;
     if let Some(lo) = link_by_name(handle, "lo").await? {
         handle
             .link()
@@ -493,21 +513,21 @@ pub async fn check(
                 rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
             }
         };
-        let routes: Vec<_> = h
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| Error::Netlink {
-                what: "list routes in the pod".into(),
-                source,
-            })?;
+        let routes: Vec<_> =
+            h.route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| Error::Netlink {
+                    what: "list routes in the pod".into(),
+                    source,
+                })?;
         let has_default = routes.iter().any(|r| {
             r.header.destination_prefix_length == 0
-                && r.attributes.iter().any(|a| {
-                    matches!(a, RouteAttribute::Gateway(g) if route_addr(g) == Some(gw))
-                })
+                && r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Gateway(g) if route_addr(g) == Some(gw)))
         });
         if !has_default {
             return Err(Error::Check(format!(

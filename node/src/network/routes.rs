@@ -205,7 +205,14 @@ async fn owned(handle: &Handle) -> Result<Vec<(RouteMessage, OwnedRoute)>, Error
                 _ => None,
             });
             let blackhole = m.header.kind == RouteType::BlackHole;
-            out.push((m, OwnedRoute { dst, via, blackhole }));
+            out.push((
+                m,
+                OwnedRoute {
+                    dst,
+                    via,
+                    blackhole,
+                },
+            ));
         }
     }
     Ok(out)
