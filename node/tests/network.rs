@@ -643,3 +643,96 @@ fn netns_create_is_exclusive_and_remove_is_idempotent() {
     assert!(!path.exists());
     remove_netns(&name).unwrap();
 }
+
+/// Runs the skiff-cni binary directly, as a runtime would.
+fn run_plugin(command: &str, env: &[(&str, &str)], stdin: &str) -> (i32, serde_json::Value) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-cni"))
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json)
+}
+
+#[test]
+fn plugin_binary_speaks_cni_version_errors_and_legacy_results() {
+    let (code, v) = run_plugin("VERSION", &[], r#"{"cniVersion":"1.0.0"}"#);
+    assert_eq!(code, 0, "{v}");
+    let supported: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert!(
+        supported.contains(&"1.0.0") && supported.contains(&"0.4.0"),
+        "{v}"
+    );
+
+    let ns = Netns::new("bin");
+    let dirs = tempfile::tempdir().unwrap();
+    let bridge = format!("sk5t{}", pid());
+    let _bridge = LinkGuard(bridge.clone());
+    let env = [
+        ("CNI_CONTAINERID", "bin-pod"),
+        ("CNI_NETNS", ns.path.to_str().unwrap()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/nonexistent"),
+    ];
+    // A bad configuration is refused with CNI's "invalid network config" code and a reason.
+    let (code, v) = run_plugin(
+        "ADD",
+        &env,
+        r#"{"cniVersion":"1.0.0","name":"bin","type":"skiff-cni","podCIDR":"10.245.0.7/24"}"#,
+    );
+    assert_ne!(code, 0);
+    assert_eq!(v["code"], 7, "{v}");
+    assert!(v["details"].as_str().unwrap().contains("host bits"), "{v}");
+
+    // A 0.4.0 configuration gets a 0.4.0 result (addresses carry their IP version).
+    let conf = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "bin",
+        "type": "skiff-cni",
+        "bridge": bridge,
+        "podCIDR": format!("10.245.{}.0/24", tag()),
+        "dataDir": dirs.path(),
+    })
+    .to_string();
+    let (code, v) = run_plugin("ADD", &env, &conf);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["cniVersion"], "0.4.0");
+    assert_eq!(v["ips"][0]["version"], "4");
+    assert_eq!(v["ips"][0]["address"], format!("10.245.{}.2/24", tag()));
+    let (code, v) = run_plugin("CHECK", &env, &conf);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = run_plugin("DEL", &env, &conf);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = run_plugin("CHECK", &env, &conf);
+    assert_ne!(code, 0);
+    assert!(v["details"].as_str().unwrap().contains("no address"), "{v}");
+    // DEL without a namespace (it is gone) still succeeds.
+    let (code, v) = run_plugin(
+        "DEL",
+        &env[..1]
+            .iter()
+            .chain(&env[2..])
+            .copied()
+            .collect::<Vec<_>>(),
+        &conf,
+    );
+    assert_eq!(code, 0, "{v}");
+}

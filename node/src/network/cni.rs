@@ -630,6 +630,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn chain_passes_prev_result_and_cached_result_reaches_check_and_del() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let write_plugin = |name: &str, script: &str| {
+            let p = bin.join(name);
+            std::fs::write(&p, script).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        // The first plugin makes a result; the second records its stdin per command and answers
+        // ADD with a result of its own.
+        write_plugin(
+            "first",
+            "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && echo '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.9.0.5/24\"}]}'\nexit 0\n",
+        );
+        let log = dir.path().join("log");
+        write_plugin(
+            "second",
+            &format!(
+                "#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND $CNI_ARGS $in\" >> {log}\n[ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.9.0.5/24\"}}],\"interfaces\":[{{\"name\":\"from-second\"}}]}}'\nexit 0\n",
+                log = log.display()
+            ),
+        );
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(
+            conf.join("a.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"chain","plugins":[{"type":"first"},{"type":"second","x":1}]}"#,
+        )
+        .unwrap();
+        let cache = dir.path().join("cache");
+        let load = || {
+            Cni::load(&conf, std::slice::from_ref(&bin))
+                .unwrap()
+                .with_result_cache(cache.clone())
+        };
+        let args = CniArgs {
+            pod_namespace: "ns1".into(),
+            pod_name: "p1".into(),
+            pod_uid: "u1".into(),
+        };
+        let net = load()
+            .add("c1", Path::new("/x"), "eth0", &args)
+            .await
+            .unwrap();
+        assert_eq!(net.ips, vec!["10.9.0.5".parse::<IpAddr>().unwrap()]);
+        // The chain's result is the last plugin's.
+        assert_eq!(net.interfaces, vec!["from-second".to_string()]);
+        // A new invoker (an agent restart) still has the result for CHECK and DEL.
+        let again = load();
+        again
+            .check("c1", Path::new("/x"), "eth0", &args)
+            .await
+            .unwrap();
+        again.del("c1", None, "eth0", &args).await.unwrap();
+        let log = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        for (line, cmd) in lines.iter().zip(["ADD", "CHECK", "DEL"]) {
+            assert!(line.starts_with(cmd), "{line}");
+            assert!(line.contains("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p1;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=u1"), "{line}");
+            assert!(line.contains(r#""name":"chain""#), "{line}");
+            assert!(line.contains(r#""x":1"#), "{line}");
+            assert!(line.contains(r#""prevResult":{"#), "{line}");
+            assert!(line.contains("10.9.0.5/24"), "{line}");
+        }
+        assert_eq!(
+            std::fs::read_dir(&cache).unwrap().count(),
+            0,
+            "DEL drops the cached result"
+        );
+    }
+
+    #[tokio::test]
     async fn missing_plugin_says_where_it_looked() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
