@@ -594,8 +594,23 @@ async fn node_routes_follow_the_desired_set_and_leave_others_alone() {
         shown.contains(&format!("{peer1} via {via2} proto 113")),
         "{shown}"
     );
+    // Someone else's route for the same prefix is neither replaced nor removed.
+    let foreign_net: IpNet = foreign.parse().unwrap();
+    let err = sync_node_routes(&[(foreign_net, via1)]).await.unwrap_err();
+    assert!(err.to_string().contains("did not make"), "{err}");
+    let err = install_blackhole_routes(&[foreign_net]).await.unwrap_err();
+    assert!(err.to_string().contains("did not make"), "{err}");
     sync_node_routes(&[]).await.unwrap();
     assert!(mine(&list_owned_routes().await.unwrap()).is_empty());
+    let shown = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["route", "show", &foreign])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(shown.contains(&format!("via 10.254.{t}.9")), "{shown}");
     // Mixed families are refused, not half-applied.
     let err = sync_node_routes(&[(peer1, "fd00::1".parse().unwrap())])
         .await
@@ -735,4 +750,64 @@ fn plugin_binary_speaks_cni_version_errors_and_legacy_results() {
         &conf,
     );
     assert_eq!(code, 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_prepares_the_node_and_sets_sandboxes_up_and_down() {
+    use skiff_node::network::{
+        prepare_node, CniNetworking, NodeNetworkConfig, PodNetworking, Sandbox,
+    };
+    let bridge = format!("sk6t{}", pid());
+    let _bridge = LinkGuard(bridge.clone());
+    let dirs = tempfile::tempdir().unwrap();
+    let cluster: IpNet = format!("10.242.{}.0/24", tag()).parse().unwrap();
+    let service: IpNet = format!("10.243.{}.0/24", tag()).parse().unwrap();
+    let _blackholes = BlackholeGuard(vec![cluster, service]);
+    let config = NodeNetworkConfig {
+        conf_dir: dirs.path().join("net.d"),
+        bin_dirs: vec![PathBuf::from("/usr/lib/cni"), plugin_dir()],
+        default_conf: Some(PluginConf {
+            bridge: bridge.clone(),
+            pod_cidr: format!("10.242.{}.0/25", tag()).parse().unwrap(),
+            data_dir: dirs.path().join("data"),
+            mtu: 1500,
+            hairpin_mode: true,
+        }),
+        blackhole: vec![cluster, service],
+    };
+    let cni = prepare_node(&config).await.unwrap();
+    assert_eq!(cni.plugin_types(), vec!["skiff-cni"]);
+    // Again (an agent restart): the existing conflist is kept, the routes stay single.
+    let cni = prepare_node(&config).await.unwrap();
+    let owned = list_owned_routes().await.unwrap();
+    assert_eq!(owned.iter().filter(|r| r.dst == cluster).count(), 1);
+
+    let net = CniNetworking::new(cni);
+    let sandbox = Sandbox {
+        id: format!("sandbox{}", pid()),
+        pod_namespace: "default".into(),
+        pod_name: "web".into(),
+        pod_uid: "uid-web".into(),
+    };
+    let _ns_guard = Netns {
+        name: sandbox.netns_name(),
+        path: PathBuf::new(),
+    };
+    let up = net.setup(&sandbox).await.unwrap();
+    assert!(up.netns.exists());
+    assert_eq!(up.ips.len(), 1);
+    // The pod's address is inside the cluster CIDR's blackhole, yet reachable: the node's own
+    // podCIDR route is more specific.
+    let ping = Command::new("busybox")
+        .args(["ping", "-c", "1", "-W", "3", &up.ips[0].to_string()])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{ping:?}");
+    // A retried setup returns the same address.
+    assert_eq!(net.setup(&sandbox).await.unwrap(), up);
+    net.check(&sandbox).await.unwrap();
+    net.teardown(&sandbox).await.unwrap();
+    assert!(!up.netns.exists());
+    net.teardown(&sandbox).await.unwrap();
+    assert!(allocated_ips(&config.default_conf.as_ref().unwrap().data_dir).is_empty());
 }

@@ -10,14 +10,17 @@
 //!   untranslated traffic never leaves the machine) and keeps the routes to other nodes'
 //!   podCIDRs in sync.
 //!
-//! The agent writes its default configuration with [`write_skiff_conflist`] when the conf
-//! dir has none.
+//! - [`pod`] is the seam for the pod worker: [`PodNetworking`] (set a sandbox's network up and
+//!   down), its real implementation [`CniNetworking`], a recording fake, and [`prepare_node`]
+//!   (run once at agent start: the default conflist via [`write_skiff_conflist`] when the conf
+//!   dir has none, the blackhole routes, the loaded network).
 
 pub mod cni;
 pub mod ipam;
 mod netlink;
 pub mod netns;
 pub mod plugin;
+pub mod pod;
 pub mod routes;
 
 use std::net::IpAddr;
@@ -30,6 +33,10 @@ pub use cni::{Cni, CniArgs, CniError, PodNetwork};
 pub use ipam::{Ipam, IpamError};
 pub use netns::{create_netns, remove_netns, run_in_netns};
 pub use plugin::PluginConf;
+pub use pod::{
+    prepare_node, CniNetworking, NodeNetworkConfig, PodNetworkError, PodNetworking,
+    RecordingNetworking, Sandbox, SandboxNetwork,
+};
 pub use routes::{
     install_blackhole_routes, list_owned_routes, remove_blackhole_routes, sync_node_routes,
     ROUTE_PROTOCOL,

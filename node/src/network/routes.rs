@@ -33,21 +33,37 @@ pub struct OwnedRoute {
     pub blackhole: bool,
 }
 
-/// Installs (or keeps) a `blackhole` route in the main table for each CIDR. Idempotent.
+/// Installs (or keeps) a `blackhole` route in the main table for each CIDR. Idempotent. A
+/// route for the same prefix that Skiff did not make is left alone and reported.
 pub async fn install_blackhole_routes(cidrs: &[IpNet]) -> Result<(), Error> {
     let handle = connect()?;
     for cidr in cidrs {
-        let msg = base(cidr.trunc()).kind(RouteType::BlackHole).build();
-        handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| Error::Netlink {
-                what: format!("install blackhole route {cidr}"),
-                source,
-            })?;
+        let cidr = cidr.trunc();
+        let msg = base(cidr).kind(RouteType::BlackHole).build();
+        let owned = owned(&handle).await?;
+        let ours = owned.iter().find(|(_, r)| r.dst == cidr);
+        let add = handle.route().add(msg);
+        let result = match ours {
+            Some((_, r)) if r.blackhole => continue,
+            // Ours but not a blackhole (a node route): replace it.
+            Some(_) => add.replace().execute().await,
+            None => add.execute().await,
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                return Err(Error::Config(format!(
+                    "a route for {cidr} that Skiff did not make exists; remove it or choose \
+                     another CIDR (`ip route show {cidr}`)"
+                )))
+            }
+            Err(source) => {
+                return Err(Error::Netlink {
+                    what: format!("install blackhole route {cidr}"),
+                    source,
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -66,10 +82,13 @@ pub async fn remove_blackhole_routes(cidrs: &[IpNet]) -> Result<(), Error> {
 
 /// Makes the routes to other nodes' podCIDRs exactly `routes` (`(pod_cidr, node_ip)` pairs):
 /// adds or replaces the ones given and removes other unicast routes Skiff made earlier.
-/// Idempotent; never touches routes with another protocol, nor Skiff's blackholes.
+/// Idempotent; never touches routes with another protocol, nor Skiff's blackholes. The
+/// caller leaves out the node's own podCIDR (it is on the bridge). Forwarding between the
+/// node's uplink and the bridge needs `net.ipv4.ip_forward=1`, which this does not set.
 pub async fn sync_node_routes(routes: &[(IpNet, IpAddr)]) -> Result<(), Error> {
     let handle = connect()?;
     let desired: HashSet<(IpNet, IpAddr)> = routes.iter().map(|(c, ip)| (c.trunc(), *ip)).collect();
+    let before = owned(&handle).await?;
     for (cidr, via) in &desired {
         let msg = match (cidr, via) {
             (IpNet::V4(_), IpAddr::V4(gw)) => base(*cidr).gateway_v4(*gw),
@@ -80,16 +99,32 @@ pub async fn sync_node_routes(routes: &[(IpNet, IpAddr)]) -> Result<(), Error> {
                 )))
             }
         };
-        handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| Error::Netlink {
-                what: format!("install route {cidr} via {via}"),
-                source,
-            })?;
+        let ours = before.iter().find(|(_, r)| r.dst == *cidr);
+        if ours.is_some_and(|(_, r)| r.via == Some(*via) && !r.blackhole) {
+            continue;
+        }
+        let add = handle.route().add(msg);
+        // Replace only a route of ours; never someone else's for the same prefix.
+        let result = if ours.is_some() {
+            add.replace().execute().await
+        } else {
+            add.execute().await
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                return Err(Error::Config(format!(
+                    "a route for {cidr} that Skiff did not make exists; remove it so pods on \
+                     the node at {via} are reachable (`ip route show {cidr}`)"
+                )))
+            }
+            Err(source) => {
+                return Err(Error::Netlink {
+                    what: format!("install route {cidr} via {via}"),
+                    source,
+                })
+            }
+        }
     }
     for (msg, route) in owned(&handle).await? {
         if route.blackhole {
