@@ -739,6 +739,32 @@ fn plugin_binary_speaks_cni_version_errors_and_legacy_results() {
     let (code, v) = run_plugin("CHECK", &env, &conf);
     assert_ne!(code, 0);
     assert!(v["details"].as_str().unwrap().contains("no address"), "{v}");
+    // An ADD that fails half-way (no such namespace) gives its address back and leaves no veth.
+    let bad_env = [
+        ("CNI_CONTAINERID", "bin-pod2"),
+        ("CNI_NETNS", "/run/netns/skt-does-not-exist"),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let (code, v) = run_plugin("ADD", &bad_env, &conf);
+    assert_ne!(code, 0);
+    assert_eq!(v["code"], 102, "{v}");
+    assert!(
+        v["details"]
+            .as_str()
+            .unwrap()
+            .contains("skt-does-not-exist"),
+        "{v}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dirs.path().join("bin"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<IpAddr>().ok())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!Path::new(&format!(
+        "/sys/class/net/{}",
+        plugin::host_veth_name("bin-pod2", "eth0")
+    ))
+    .exists());
     // DEL without a namespace (it is gone) still succeeds.
     let (code, v) = run_plugin(
         "DEL",
@@ -774,6 +800,7 @@ async fn agent_prepares_the_node_and_sets_sandboxes_up_and_down() {
             hairpin_mode: true,
         }),
         blackhole: vec![cluster, service],
+        result_cache_dir: Some(dirs.path().join("results")),
     };
     let cni = prepare_node(&config).await.unwrap();
     assert_eq!(cni.plugin_types(), vec!["skiff-cni"]);
@@ -806,6 +833,10 @@ async fn agent_prepares_the_node_and_sets_sandboxes_up_and_down() {
     // A retried setup returns the same address.
     assert_eq!(net.setup(&sandbox).await.unwrap(), up);
     net.check(&sandbox).await.unwrap();
+    let cached = std::fs::read_dir(dirs.path().join("results"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1, "the ADD result is cached for CHECK and DEL");
     net.teardown(&sandbox).await.unwrap();
     assert!(!up.netns.exists());
     net.teardown(&sandbox).await.unwrap();

@@ -295,6 +295,9 @@ pub struct NodeNetworkConfig {
     pub default_conf: Option<PluginConf>,
     /// CIDRs to blackhole: the cluster CIDR and the Service CIDR.
     pub blackhole: Vec<IpNet>,
+    /// Where ADD results are kept for CHECK and DEL across agent restarts
+    /// (`/var/lib/skiff/cni/results`); `None` keeps them in memory only.
+    pub result_cache_dir: Option<PathBuf>,
 }
 
 /// Prepares the node: writes Skiff's conflist if the conf dir holds no network, installs the
@@ -317,7 +320,10 @@ pub async fn prepare_node(config: &NodeNetworkConfig) -> Result<Cni, Error> {
         Err(e) => return Err(Error::Config(e.to_string())),
     };
     super::routes::install_blackhole_routes(&config.blackhole).await?;
-    Ok(cni)
+    Ok(match &config.result_cache_dir {
+        Some(dir) => cni.with_result_cache(dir.clone()),
+        None => cni,
+    })
 }
 
 #[cfg(test)]
@@ -358,6 +364,7 @@ mod tests {
             bin_dirs: vec![],
             default_conf: None,
             blackhole: vec![],
+            result_cache_dir: None,
         })
         .await
         .unwrap_err();
