@@ -654,6 +654,16 @@ fn netns_create_is_exclusive_and_remove_is_idempotent() {
     })
     .unwrap();
     assert_eq!(inside, ns_inode.ino());
+    // Forwarding is per namespace: turned on inside, the host's setting is untouched.
+    let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let inside = network::run_in_netns(&path, || {
+        network::enable_ip_forwarding(false).unwrap();
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap()
+    })
+    .unwrap();
+    assert_eq!(inside.trim(), "1");
+    let host_after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    assert_eq!(host_before, host_after);
     drop(guard);
     assert!(!path.exists());
     remove_netns(&name).unwrap();

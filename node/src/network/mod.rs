@@ -38,8 +38,8 @@ pub use pod::{
     RecordingNetworking, Sandbox, SandboxNetwork,
 };
 pub use routes::{
-    install_blackhole_routes, list_owned_routes, remove_blackhole_routes, sync_node_routes,
-    ROUTE_PROTOCOL,
+    enable_ip_forwarding, install_blackhole_routes, list_owned_routes, remove_blackhole_routes,
+    sync_node_routes, ROUTE_PROTOCOL,
 };
 
 /// The file name [`write_skiff_conflist`] writes.

@@ -140,6 +140,24 @@ pub async fn sync_node_routes(routes: &[(IpNet, IpAddr)]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Turns on IP forwarding in the calling thread's network namespace (IPv4, and IPv6 when
+/// `ipv6`), which routing between the node's uplink, the bridge and other nodes' podCIDRs
+/// needs. Idempotent. This is a node-wide setting: the agent calls it once at start, tests
+/// only inside a namespace of their own.
+pub fn enable_ip_forwarding(ipv6: bool) -> Result<(), Error> {
+    let mut files = vec!["/proc/sys/net/ipv4/ip_forward"];
+    if ipv6 {
+        files.push("/proc/sys/net/ipv6/conf/all/forwarding");
+    }
+    for file in files {
+        std::fs::write(file, b"1").map_err(|source| Error::Io {
+            what: format!("enable forwarding in {file}"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// Every route in the main table that carries Skiff's protocol.
 pub async fn list_owned_routes() -> Result<Vec<OwnedRoute>, Error> {
     let handle = connect()?;
