@@ -123,6 +123,7 @@ pub struct Cni {
     name: String,
     cni_version: String,
     plugins: Vec<serde_json::Map<String, Value>>,
+    disable_check: bool,
     bin_dirs: Vec<PathBuf>,
     timeout: Duration,
     cache_dir: Option<PathBuf>,
@@ -203,6 +204,7 @@ impl Cni {
             name,
             cni_version,
             plugins,
+            disable_check: obj.get("disableCheck").and_then(Value::as_bool) == Some(true),
             bin_dirs: bin_dirs.to_vec(),
             timeout: DEFAULT_TIMEOUT,
             cache_dir: None,
@@ -311,7 +313,7 @@ impl Cni {
     }
 
     /// Runs CHECK through the chain with the ADD's result (CNI 0.4.0 and later; older
-    /// networks have no CHECK and pass).
+    /// networks have no CHECK and pass, as do lists with `"disableCheck": true`).
     pub async fn check(
         &self,
         container_id: &str,
@@ -319,7 +321,7 @@ impl Cni {
         ifname: &str,
         args: &CniArgs,
     ) -> Result<(), CniError> {
-        if version_below_0_4(&self.cni_version) {
+        if self.disable_check || version_below_0_4(&self.cni_version) {
             return Ok(());
         }
         let prev = self.cached_result(container_id, ifname);
@@ -773,6 +775,33 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, CniError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
+        // disableCheck: CHECK never runs the (failing) plugin.
+        let c = dir.path().join("conf").join("nocheck");
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(
+            c.join("a.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"n","disableCheck":true,"plugins":[{"type":"failing"}]}"#,
+        )
+        .unwrap();
+        Cni::load(&c, &[dir.path().to_path_buf()])
+            .unwrap()
+            .check("c1", Path::new("/x"), "eth0", &args)
+            .await
+            .unwrap();
+        let err = conf("failing")
+            .check("c1", Path::new("/x"), "eth0", &args)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CniError::Plugin {
+                    command: "CHECK",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let net = conf("echo-env")
             .add("c1", Path::new("/x"), "net7", &args)
             .await
