@@ -3,6 +3,8 @@
 //! Everything Skiff makes lives in one containerd namespace, [`NAMESPACE`], so `ctr -n skiff
 //! containers ls` shows exactly the agent's containers and nothing of other tenants is touched.
 
+pub mod images;
+
 use std::path::Path;
 
 use anyhow::Context as _;
