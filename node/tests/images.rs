@@ -64,6 +64,26 @@ async fn lease_count(runtime: &Containerd) -> usize {
         .len()
 }
 
+/// Runs containerd's garbage collector now: deleting a lease with `sync` waits for a collection.
+async fn collect_garbage(runtime: &Containerd) {
+    use containerd_client::services::v1::{CreateRequest, DeleteRequest};
+    let id = format!("gc-{}", std::process::id());
+    let leases = runtime.client().leases();
+    leases
+        .clone()
+        .create(runtime.request(CreateRequest {
+            id: id.clone(),
+            labels: Default::default(),
+        }))
+        .await
+        .expect("create lease");
+    leases
+        .clone()
+        .delete(runtime.request(DeleteRequest { id, sync: true }))
+        .await
+        .expect("delete lease with sync");
+}
+
 #[tokio::test]
 async fn an_imported_busybox_image_is_unpacked_and_resolves_with_never() {
     let daemon = testing::Containerd::start().expect("start containerd");
@@ -87,7 +107,7 @@ async fn an_imported_busybox_image_is_unpacked_and_resolves_with_never() {
     assert_eq!(info.digest, built.manifest_digest);
     assert_eq!(info.config_digest, built.config_digest);
     assert_eq!(
-        info.chain_id, built.diff_id,
+        info.chain_id, built.chain_id,
         "one layer: chain ID = diff ID"
     );
     assert_eq!(info.config.cmd, vec!["sh".to_string()]);
@@ -100,7 +120,7 @@ async fn an_imported_busybox_image_is_unpacked_and_resolves_with_never() {
         "{:?}",
         info.config.env
     );
-    assert_eq!(snapshot_names(&runtime).await, vec![built.diff_id.clone()]);
+    assert_eq!(snapshot_names(&runtime).await, vec![built.chain_id.clone()]);
 
     // What keeps the image from containerd's garbage collector is in place, and no lease is
     // left behind.
@@ -117,9 +137,15 @@ async fn an_imported_busybox_image_is_unpacked_and_resolves_with_never() {
         .expect("config info");
     assert_eq!(
         config.labels.get("containerd.io/gc.ref.snapshot.overlayfs"),
-        Some(&built.diff_id)
+        Some(&built.chain_id)
     );
     assert_eq!(lease_count(&runtime).await, 0);
+    // A synchronous garbage collection (deleting a lease with sync) keeps all of it.
+    collect_garbage(&runtime).await;
+    assert_eq!(snapshot_names(&runtime).await, vec![built.chain_id.clone()]);
+    ensure_image(&runtime, TEST_IMAGE, PullPolicy::Never, &[])
+        .await
+        .expect("still resolves after garbage collection");
 
     // Importing again changes nothing: same names, same image record, same snapshots.
     let image = |runtime: Containerd| async move {
@@ -141,46 +167,22 @@ async fn an_imported_busybox_image_is_unpacked_and_resolves_with_never() {
         .expect("import again");
     assert_eq!(names, vec![TEST_IMAGE.to_string()]);
     assert_eq!(image(runtime.clone()).await, before);
-    assert_eq!(snapshot_names(&runtime).await, vec![built.diff_id.clone()]);
+    assert_eq!(snapshot_names(&runtime).await, vec![built.chain_id.clone()]);
 
     // A read-only view on the chain ID holds busybox and its applets.
-    let view_key = format!("view-{}", std::process::id());
-    let mounts = runtime
-        .client()
-        .snapshots()
-        .view(runtime.request(ViewSnapshotRequest {
-            snapshotter: images::store::SNAPSHOTTER.into(),
-            key: view_key.clone(),
-            parent: info.chain_id.clone(),
-            labels: Default::default(),
-        }))
-        .await
-        .expect("view snapshot")
-        .into_inner()
-        .mounts;
     let target = daemon.dir().join("view");
-    std::fs::create_dir_all(&target).unwrap();
-    {
-        let _mounted = Mounted::mount(&mounts, &target);
-        let busybox = std::fs::metadata(target.join("bin/busybox")).expect("bin/busybox");
+    view(&runtime, &info.chain_id, &target, |root| {
+        let busybox = std::fs::metadata(root.join("bin/busybox")).expect("bin/busybox");
         let original = std::fs::metadata(images::busybox::BUSYBOX_BINARY).unwrap();
         assert_eq!(busybox.len(), original.len());
         assert_eq!(
-            std::fs::read_link(target.join("bin/sh")).unwrap(),
+            std::fs::read_link(root.join("bin/sh")).unwrap(),
             Path::new("busybox")
         );
-        let passwd = std::fs::read_to_string(target.join("etc/passwd")).unwrap();
+        let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
         assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
-    }
-    runtime
-        .client()
-        .snapshots()
-        .remove(runtime.request(RemoveSnapshotRequest {
-            snapshotter: images::store::SNAPSHOTTER.into(),
-            key: view_key,
-        }))
-        .await
-        .expect("remove view");
+    })
+    .await;
 
     // A bad reference is its own error.
     let err = ensure_image(&runtime, "Not A Reference", PullPolicy::Never, &[])
@@ -193,6 +195,62 @@ async fn an_imported_busybox_image_is_unpacked_and_resolves_with_never() {
     std::fs::write(&junk, b"definitely not a tar").unwrap();
     let err = import_archive(&runtime, &junk).await.expect_err("junk");
     assert!(matches!(err, ImageError::Archive { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_two_layer_image_unpacks_onto_its_parent_and_keeps_its_config() {
+    let daemon = testing::Containerd::start().expect("start containerd");
+    let runtime = connect(&daemon).await;
+    let spec = images::ImageSpec {
+        entrypoint: vec!["/bin/sh".into(), "-c".into()],
+        cmd: Some(vec!["cat /app/hello.txt".into()]),
+        env: vec!["GREETING=hello".into()],
+        working_dir: Some("/app".into()),
+        user: Some("65534:65534".into()),
+        files: vec![(
+            "app/hello.txt".into(),
+            0o644,
+            b"hello from layer two\n".to_vec(),
+        )],
+        ..Default::default()
+    };
+    let archive = daemon.dir().join("app.tar");
+    let built = images::build_archive(&archive, "skiff.test/app:2", &spec).expect("build");
+    assert_eq!(
+        import_archive(&runtime, &archive).await.expect("import"),
+        vec!["skiff.test/app:2".to_string()]
+    );
+    // The short name normalises to the same image.
+    let info = ensure_image(&runtime, "skiff.test/app:2", PullPolicy::Never, &[])
+        .await
+        .expect("resolve");
+    assert_eq!(info.chain_id, built.chain_id);
+    assert_eq!(info.config.entrypoint, vec!["/bin/sh", "-c"]);
+    assert_eq!(info.config.cmd, vec!["cat /app/hello.txt"]);
+    assert_eq!(info.config.working_dir, "/app");
+    assert_eq!(info.config.user, "65534:65534");
+    assert!(info.config.env.contains(&"GREETING=hello".to_string()));
+    let mut expected = vec![built.diff_ids[0].clone(), built.chain_id.clone()];
+    expected.sort();
+    assert_eq!(snapshot_names(&runtime).await, expected);
+
+    // The busybox image shares the base layer: importing it unpacks nothing new.
+    let (busybox, base) = build(daemon.dir(), "busybox.tar");
+    assert_eq!(base.chain_id, built.diff_ids[0]);
+    import_archive(&runtime, &busybox)
+        .await
+        .expect("import busybox");
+    assert_eq!(snapshot_names(&runtime).await, expected);
+
+    let target = daemon.dir().join("view");
+    view(&runtime, &info.chain_id, &target, |root| {
+        assert_eq!(
+            std::fs::read_to_string(root.join("app/hello.txt")).unwrap(),
+            "hello from layer two\n"
+        );
+        assert!(root.join("bin/busybox").is_file());
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -211,6 +269,45 @@ async fn a_preload_directory_imports_each_archive() {
         .await
         .expect("a missing directory is empty");
     assert!(none.is_empty());
+}
+
+/// Mounts a read-only view of the snapshot `chain_id` on `target`, runs `check` on it, then
+/// unmounts and removes the view.
+async fn view(runtime: &Containerd, chain_id: &str, target: &Path, check: impl FnOnce(&Path)) {
+    let key = format!("view-{}-{chain_id}", std::process::id());
+    // Under a lease: containerd collects active snapshots that nothing references.
+    let lease = images::store::Lease::create(runtime).await.expect("lease");
+    let mounts = runtime
+        .client()
+        .snapshots()
+        .view(lease.request(
+            runtime,
+            ViewSnapshotRequest {
+                snapshotter: images::store::SNAPSHOTTER.into(),
+                key: key.clone(),
+                parent: chain_id.to_string(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .expect("view snapshot")
+        .into_inner()
+        .mounts;
+    std::fs::create_dir_all(target).unwrap();
+    {
+        let _mounted = Mounted::mount(&mounts, target);
+        check(target);
+    }
+    runtime
+        .client()
+        .snapshots()
+        .remove(runtime.request(RemoveSnapshotRequest {
+            snapshotter: images::store::SNAPSHOTTER.into(),
+            key,
+        }))
+        .await
+        .expect("remove view");
+    lease.end(runtime).await.expect("end lease");
 }
 
 /// Mounts a snapshot's mounts on a directory; unmounts when dropped.
@@ -369,9 +466,9 @@ async fn images_are_pulled_from_a_loopback_registry() {
         .await
         .expect("pull");
     assert_eq!(info.name, reference);
-    assert_eq!(info.chain_id, built.diff_id);
+    assert_eq!(info.chain_id, built.chain_id);
     assert_eq!(info.config.cmd, vec!["sh".to_string()]);
-    assert_eq!(snapshot_names(&runtime).await, vec![built.diff_id.clone()]);
+    assert_eq!(snapshot_names(&runtime).await, vec![built.chain_id.clone()]);
     assert_eq!(lease_count(&runtime).await, 0);
 
     // Another image under the same tag: IfNotPresent keeps the node's copy, Always re-resolves.
@@ -388,7 +485,7 @@ async fn images_are_pulled_from_a_loopback_registry() {
         .await
         .expect("pull again");
     assert_ne!(moved.digest, info.digest);
-    assert_eq!(moved.chain_id, rebuilt.diff_id);
+    assert_eq!(moved.chain_id, rebuilt.chain_id);
 
     // A tag the registry does not have is a typed not-found.
     let missing = format!("{}/busybox:nope", registry.host());
@@ -449,5 +546,5 @@ async fn a_registry_with_htpasswd_needs_the_pull_secret() {
     let info = ensure_image(&runtime, &reference, PullPolicy::IfNotPresent, &[auth])
         .await
         .expect("pull with the secret");
-    assert_eq!(info.chain_id, built.diff_id);
+    assert_eq!(info.chain_id, built.chain_id);
 }

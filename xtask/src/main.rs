@@ -166,7 +166,7 @@ fn main() -> anyhow::Result<()> {
             println!("  image    {}", built.reference);
             println!("  manifest {}", built.manifest_digest);
             println!("  config   {}", built.config_digest);
-            println!("  layer    {} (chain ID)", built.diff_id);
+            println!("  chain ID {}", built.chain_id);
             Ok(())
         }
         Cmd::Bench { which: None, .. } => {

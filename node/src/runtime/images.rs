@@ -27,7 +27,10 @@ pub mod store;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use busybox::{build_busybox_archive, build_busybox_archive_from, BuiltImage, TEST_IMAGE};
+pub use busybox::{
+    build_archive, build_busybox_archive, build_busybox_archive_from, BuiltImage, ImageSpec,
+    TEST_IMAGE,
+};
 pub use reference::Reference;
 pub use registry::RegistryAuth;
 
@@ -201,8 +204,8 @@ pub struct ImageInfo {
     pub config: ImageConfig,
 }
 
-/// Pulls are one at a time per process, as kubelet's are by default: this also keeps two pod
-/// workers from writing the same blob at once.
+/// Pulls and imports are one at a time per process, as kubelet's pulls are by default: this also
+/// keeps two of them from writing the same blob at once (containerd would refuse the second).
 static PULL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Makes sure `reference` is in containerd and unpacked, pulling it if `policy` says so, with
@@ -218,34 +221,67 @@ pub async fn ensure_image(
         reason,
     })?;
     let name = parsed.to_string();
-    let _pulls = PULL_LOCK.lock().await;
-    let existing = store::get_image(containerd, &name).await?;
-    let target = match (policy, existing.and_then(|i| i.target)) {
+    let present = store::get_image(containerd, &name)
+        .await?
+        .and_then(|i| i.target);
+    let target = match (policy, present) {
         (PullPolicy::Never, None) => {
             return Err(ImageError::NeverPull {
                 image: reference.to_string(),
             })
         }
-        (PullPolicy::Never | PullPolicy::IfNotPresent, Some(target)) => Descriptor {
-            media_type: target.media_type,
-            digest: target.digest,
-            size: target.size,
-            ..Default::default()
-        },
+        (PullPolicy::Never | PullPolicy::IfNotPresent, Some(target)) => target,
         (PullPolicy::IfNotPresent, None) | (PullPolicy::Always, _) => {
-            tracing::info!(image = %name, ?policy, "pulling image");
-            let lease = Lease::create(containerd).await?;
-            let result = registry::pull(containerd, &lease, &parsed, auths).await;
-            let result = match result {
-                Ok(target) => complete(containerd, &lease, &name, &target).await,
-                Err(e) => Err(e),
-            };
-            lease.end(containerd).await?;
-            return result;
+            return pull(containerd, &parsed, policy, auths).await;
         }
     };
+    // Resolving what is already here needs no lock: labels and snapshots converge when two
+    // workers do it at once.
+    complete_present(containerd, &name, target).await
+}
+
+/// [`complete`] for an image containerd has, under a lease of its own.
+async fn complete_present(
+    containerd: &Containerd,
+    name: &str,
+    target: containerd_client::types::Descriptor,
+) -> Result<ImageInfo, ImageError> {
+    let target = Descriptor {
+        media_type: target.media_type,
+        digest: target.digest,
+        size: target.size,
+        ..Default::default()
+    };
     let lease = Lease::create(containerd).await?;
-    let result = complete(containerd, &lease, &name, &target).await;
+    let result = complete(containerd, &lease, name, &target).await;
+    lease.end(containerd).await?;
+    result
+}
+
+/// Pulls `reference` under the node's pull lock.
+async fn pull(
+    containerd: &Containerd,
+    reference: &Reference,
+    policy: PullPolicy,
+    auths: &[RegistryAuth],
+) -> Result<ImageInfo, ImageError> {
+    let name = reference.to_string();
+    let _pulls = PULL_LOCK.lock().await;
+    if policy == PullPolicy::IfNotPresent {
+        // Another worker may have pulled it while this one waited for the lock.
+        if let Some(target) = store::get_image(containerd, &name)
+            .await?
+            .and_then(|i| i.target)
+        {
+            return complete_present(containerd, &name, target).await;
+        }
+    }
+    tracing::info!(image = %name, ?policy, "pulling image");
+    let lease = Lease::create(containerd).await?;
+    let result = match registry::pull(containerd, &lease, reference, auths).await {
+        Ok(target) => complete(containerd, &lease, &name, &target).await,
+        Err(e) => Err(e),
+    };
     lease.end(containerd).await?;
     result
 }

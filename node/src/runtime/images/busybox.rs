@@ -41,7 +41,7 @@ const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-/// What [`build_busybox_archive`] wrote: the digests a test can check against.
+/// What [`build_archive`] wrote: the digests a test can check against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuiltImage {
     /// The reference in the archive's `org.opencontainers.image.ref.name` annotation.
@@ -50,14 +50,37 @@ pub struct BuiltImage {
     pub manifest_digest: String,
     /// The config's digest (the image ID).
     pub config_digest: String,
-    /// The digest of the uncompressed layer (its `diff_id`, and the one layer's chain ID).
-    pub diff_id: String,
+    /// The digests of the uncompressed layers, base first.
+    pub diff_ids: Vec<String>,
+    /// The top layer's chain ID: the snapshot a container's rootfs sits on.
+    pub chain_id: String,
+}
+
+/// What goes into a test image besides busybox: the process defaults and, optionally, a
+/// second layer of files. The default is the plain busybox image (`Cmd ["sh"]`).
+#[derive(Clone, Debug, Default)]
+pub struct ImageSpec {
+    /// The busybox binary (default [`BUSYBOX_BINARY`]).
+    pub busybox: Option<std::path::PathBuf>,
+    /// `Entrypoint` (default none).
+    pub entrypoint: Vec<String>,
+    /// `Cmd` (default `["sh"]`).
+    pub cmd: Option<Vec<String>>,
+    /// `Env` after `PATH`, as `KEY=value`.
+    pub env: Vec<String>,
+    /// `WorkingDir` (default `/`).
+    pub working_dir: Option<String>,
+    /// `User` (default none: root).
+    pub user: Option<String>,
+    /// Files for a second layer on top of busybox's: (path without leading `/`, mode,
+    /// content). Their directories are added as needed. None: a one-layer image.
+    pub files: Vec<(String, u32, Vec<u8>)>,
 }
 
 /// Writes an OCI image-layout tar to `out` holding the busybox image named `reference`,
 /// from the machine's [`BUSYBOX_BINARY`].
 pub fn build_busybox_archive(out: &Path, reference: &str) -> io::Result<BuiltImage> {
-    build_busybox_archive_from(Path::new(BUSYBOX_BINARY), out, reference)
+    build_archive(out, reference, &ImageSpec::default())
 }
 
 /// [`build_busybox_archive`] from the busybox binary at `busybox`.
@@ -66,6 +89,17 @@ pub fn build_busybox_archive_from(
     out: &Path,
     reference: &str,
 ) -> io::Result<BuiltImage> {
+    let spec = ImageSpec {
+        busybox: Some(busybox.to_path_buf()),
+        ..ImageSpec::default()
+    };
+    build_archive(out, reference, &spec)
+}
+
+/// Writes an OCI image-layout tar to `out` holding the image `spec` describes, named
+/// `reference`.
+pub fn build_archive(out: &Path, reference: &str, spec: &ImageSpec) -> io::Result<BuiltImage> {
+    let busybox = spec.busybox.as_deref().unwrap_or(Path::new(BUSYBOX_BINARY));
     let binary = std::fs::read(busybox).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -76,22 +110,49 @@ pub fn build_busybox_archive_from(
             ),
         )
     })?;
-    let layer_tar = layer(&binary)?;
-    let diff_id = sha256(&layer_tar);
-    let layer_gz = gzip(&layer_tar)?;
-    let layer_digest = sha256(&layer_gz);
+    let mut layers = vec![layer(&binary)?];
+    if !spec.files.is_empty() {
+        layers.push(files_layer(&spec.files)?);
+    }
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
+    let mut chain_id = String::new();
+    for diff_id in &diff_ids {
+        chain_id = if chain_id.is_empty() {
+            diff_id.clone()
+        } else {
+            sha256(format!("{chain_id} {diff_id}").as_bytes())
+        };
+    }
+    let compressed = layers
+        .iter()
+        .map(|l| gzip(l))
+        .collect::<io::Result<Vec<_>>>()?;
+    let layer_descriptors: Vec<serde_json::Value> = compressed
+        .iter()
+        .map(|gz| {
+            serde_json::json!({ "mediaType": MEDIA_LAYER_GZIP, "digest": sha256(gz), "size": gz.len() })
+        })
+        .collect();
 
+    let mut env = vec![PATH_ENV.to_string()];
+    env.extend(spec.env.iter().cloned());
+    let mut process = serde_json::json!({
+        "Env": env,
+        "Cmd": spec.cmd.clone().unwrap_or_else(|| vec!["sh".to_string()]),
+        "WorkingDir": spec.working_dir.clone().unwrap_or_else(|| "/".to_string()),
+    });
+    if !spec.entrypoint.is_empty() {
+        process["Entrypoint"] = serde_json::json!(spec.entrypoint);
+    }
+    if let Some(user) = &spec.user {
+        process["User"] = serde_json::json!(user);
+    }
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": go_arch(),
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
-        "config": {
-            "Env": [PATH_ENV],
-            "Cmd": ["sh"],
-            "WorkingDir": "/",
-        },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-        "history": [{ "created": "2024-01-01T00:00:00Z", "created_by": "skiff busybox image builder" }],
+        "config": process,
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))?;
     let config_digest = sha256(&config);
 
@@ -99,7 +160,7 @@ pub fn build_busybox_archive_from(
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": { "mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config.len() },
-        "layers": [{ "mediaType": MEDIA_LAYER_GZIP, "digest": layer_digest, "size": layer_gz.len() }],
+        "layers": layer_descriptors,
     }))?;
     let manifest_digest = sha256(&manifest);
 
@@ -123,12 +184,14 @@ pub fn build_busybox_archive_from(
     append_dir(&mut archive, "blobs/", 0o755)?;
     append_dir(&mut archive, "blobs/sha256/", 0o755)?;
     // Blobs sorted by digest: a fixed order however the digests come out.
-    let mut blobs = [
-        (layer_digest.as_str(), &layer_gz),
-        (config_digest.as_str(), &config),
-        (manifest_digest.as_str(), &manifest),
-    ];
-    blobs.sort_by_key(|(digest, _)| *digest);
+    let mut blobs: Vec<(String, &[u8])> = compressed
+        .iter()
+        .map(|gz| (sha256(gz), gz.as_slice()))
+        .collect();
+    blobs.push((config_digest.clone(), &config));
+    blobs.push((manifest_digest.clone(), &manifest));
+    blobs.sort();
+    blobs.dedup();
     for (digest, data) in blobs {
         let hex = digest.trim_start_matches("sha256:");
         append_file(&mut archive, &format!("blobs/sha256/{hex}"), 0o644, data)?;
@@ -153,8 +216,39 @@ pub fn build_busybox_archive_from(
         reference: reference.to_string(),
         manifest_digest,
         config_digest,
-        diff_id,
+        diff_ids,
+        chain_id,
     })
+}
+
+/// A layer of `files`, with the directories they need, in path order.
+fn files_layer(files: &[(String, u32, Vec<u8>)]) -> io::Result<Vec<u8>> {
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut sorted: Vec<&(String, u32, Vec<u8>)> = files.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, _, _) in &sorted {
+        let path = path.trim_start_matches('/');
+        let mut prefix = String::new();
+        for part in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, d)| d)
+        {
+            prefix.push_str(part);
+            prefix.push('/');
+            dirs.insert(prefix.clone());
+        }
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(tar::HeaderMode::Deterministic);
+    for dir in &dirs {
+        append_dir(&mut tar, dir, if dir == "tmp/" { 0o1777 } else { 0o755 })?;
+    }
+    for (path, mode, data) in sorted {
+        append_file(&mut tar, path.trim_start_matches('/'), *mode, data)?;
+    }
+    tar.into_inner()
 }
 
 /// The uncompressed layer: the root filesystem as a tar.
@@ -280,7 +374,46 @@ mod tests {
         // Another binary gives other digests.
         std::fs::write(&fake_busybox, b"\x7fELF another").unwrap();
         let third = build_busybox_archive_from(&fake_busybox, &b, TEST_IMAGE).unwrap();
-        assert_ne!(first.diff_id, third.diff_id);
+        assert_ne!(first.diff_ids, third.diff_ids);
+        assert_eq!(first.chain_id, first.diff_ids[0]);
+    }
+
+    #[test]
+    fn files_make_a_second_layer_and_the_config_follows_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake_busybox = dir.path().join("busybox");
+        std::fs::write(&fake_busybox, b"\x7fELF not really").unwrap();
+        let spec = ImageSpec {
+            busybox: Some(fake_busybox),
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            cmd: Some(vec!["echo hi".into()]),
+            env: vec!["GREETING=hello".into()],
+            working_dir: Some("/app".into()),
+            user: Some("65534".into()),
+            files: vec![("app/data/hello.txt".into(), 0o644, b"hello\n".to_vec())],
+        };
+        let out = dir.path().join("app.tar");
+        let built = build_archive(&out, "skiff.test/app:1", &spec).unwrap();
+        assert_eq!(built.diff_ids.len(), 2);
+        let chain = sha256(format!("{} {}", built.diff_ids[0], built.diff_ids[1]).as_bytes());
+        assert_eq!(built.chain_id, chain);
+        let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        let config_path = format!(
+            "blobs/sha256/{}",
+            built.config_digest.trim_start_matches("sha256:")
+        );
+        let mut config = String::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().to_string_lossy() == config_path {
+                io::Read::read_to_string(&mut entry, &mut config).unwrap();
+            }
+        }
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(config["config"]["Entrypoint"][0], "/bin/sh");
+        assert_eq!(config["config"]["User"], "65534");
+        assert_eq!(config["config"]["WorkingDir"], "/app");
+        assert_eq!(config["config"]["Env"][1], "GREETING=hello");
     }
 
     #[test]
