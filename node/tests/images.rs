@@ -212,6 +212,7 @@ async fn a_two_layer_image_unpacks_onto_its_parent_and_keeps_its_config() {
             0o644,
             b"hello from layer two\n".to_vec(),
         )],
+        index: true,
         ..Default::default()
     };
     let archive = daemon.dir().join("app.tar");
@@ -225,6 +226,11 @@ async fn a_two_layer_image_unpacks_onto_its_parent_and_keeps_its_config() {
         .await
         .expect("resolve");
     assert_eq!(info.chain_id, built.chain_id);
+    assert_eq!(
+        Some(&info.digest),
+        built.index_digest.as_ref(),
+        "the index is the target"
+    );
     assert_eq!(info.config.entrypoint, vec!["/bin/sh", "-c"]);
     assert_eq!(info.config.cmd, vec!["cat /app/hello.txt"]);
     assert_eq!(info.config.working_dir, "/app");
@@ -428,8 +434,14 @@ impl Registry {
 
     /// Pushes the OCI archive to `repository:tag` with skopeo.
     fn push(&self, archive: &Path, repository: &str, creds: Option<&str>) {
+        self.push_with(archive, repository, creds, &[]);
+    }
+
+    /// [`push`](Self::push) with more `skopeo copy` flags.
+    fn push_with(&self, archive: &Path, repository: &str, creds: Option<&str>, flags: &[&str]) {
         let mut cmd = Command::new("skopeo");
         cmd.args(["--insecure-policy", "copy", "--dest-tls-verify=false", "-q"]);
+        cmd.args(flags);
         if let Some(creds) = creds {
             cmd.args(["--dest-creds", creds]);
         }
@@ -486,6 +498,39 @@ async fn images_are_pulled_from_a_loopback_registry() {
         .expect("pull again");
     assert_ne!(moved.digest, info.digest);
     assert_eq!(moved.chain_id, rebuilt.chain_id);
+
+    // An image index (what registries serve for multi-arch images) resolves to this platform.
+    let indexed = daemon.dir().join("indexed.tar");
+    let spec = images::ImageSpec {
+        index: true,
+        ..Default::default()
+    };
+    let built_indexed = images::build_archive(&indexed, TEST_IMAGE, &spec).unwrap();
+    registry.push_with(&indexed, "indexed:1", None, &["--all"]);
+    let info = ensure_image(
+        &runtime,
+        &format!("{}/indexed:1", registry.host()),
+        PullPolicy::IfNotPresent,
+        &[],
+    )
+    .await
+    .expect("pull an index");
+    assert_eq!(Some(&info.digest), built_indexed.index_digest.as_ref());
+    assert_eq!(info.chain_id, built.chain_id);
+
+    // Docker's manifest format (v2 schema 2, docker layer media types) pulls the same.
+    registry.push_with(&archive, "docker:1", None, &["--format", "v2s2"]);
+    let info = ensure_image(
+        &runtime,
+        &format!("{}/docker:1", registry.host()),
+        PullPolicy::IfNotPresent,
+        &[],
+    )
+    .await
+    .expect("pull a docker v2s2 image");
+    assert_ne!(info.digest, built.manifest_digest, "skopeo converted it");
+    assert_eq!(info.chain_id, built.chain_id);
+    assert_eq!(info.config.cmd, vec!["sh".to_string()]);
 
     // A tag the registry does not have is a typed not-found.
     let missing = format!("{}/busybox:nope", registry.host());

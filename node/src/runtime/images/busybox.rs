@@ -54,6 +54,8 @@ pub struct BuiltImage {
     pub diff_ids: Vec<String>,
     /// The top layer's chain ID: the snapshot a container's rootfs sits on.
     pub chain_id: String,
+    /// With [`ImageSpec::index`]: the image index's digest, which is then the image's target.
+    pub index_digest: Option<String>,
 }
 
 /// What goes into a test image besides busybox: the process defaults and, optionally, a
@@ -75,6 +77,9 @@ pub struct ImageSpec {
     /// Files for a second layer on top of busybox's: (path without leading `/`, mode,
     /// content). Their directories are added as needed. None: a one-layer image.
     pub files: Vec<(String, u32, Vec<u8>)>,
+    /// Wrap the manifest in an image index (a one-platform "multi-arch" image), as registries
+    /// serve most public images.
+    pub index: bool,
 }
 
 /// Writes an OCI image-layout tar to `out` holding the busybox image named `reference`,
@@ -164,14 +169,33 @@ pub fn build_archive(out: &Path, reference: &str, spec: &ImageSpec) -> io::Resul
     }))?;
     let manifest_digest = sha256(&manifest);
 
+    let platform = serde_json::json!({ "architecture": go_arch(), "os": "linux" });
+    let image_index = if spec.index {
+        Some(serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_INDEX,
+            "manifests": [{
+                "mediaType": MEDIA_MANIFEST,
+                "digest": manifest_digest,
+                "size": manifest.len(),
+                "platform": platform,
+            }],
+        }))?)
+    } else {
+        None
+    };
+    let index_digest = image_index.as_deref().map(sha256);
+    let (target_type, target_digest, target_size) = match (&image_index, &index_digest) {
+        (Some(bytes), Some(digest)) => (MEDIA_INDEX, digest.clone(), bytes.len()),
+        _ => (MEDIA_MANIFEST, manifest_digest.clone(), manifest.len()),
+    };
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_INDEX,
         "manifests": [{
-            "mediaType": MEDIA_MANIFEST,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "platform": { "architecture": go_arch(), "os": "linux" },
+            "mediaType": target_type,
+            "digest": target_digest,
+            "size": target_size,
             "annotations": {
                 "io.containerd.image.name": reference,
                 "org.opencontainers.image.ref.name": reference,
@@ -190,6 +214,9 @@ pub fn build_archive(out: &Path, reference: &str, spec: &ImageSpec) -> io::Resul
         .collect();
     blobs.push((config_digest.clone(), &config));
     blobs.push((manifest_digest.clone(), &manifest));
+    if let (Some(bytes), Some(digest)) = (&image_index, &index_digest) {
+        blobs.push((digest.clone(), bytes));
+    }
     blobs.sort();
     blobs.dedup();
     for (digest, data) in blobs {
@@ -218,6 +245,7 @@ pub fn build_archive(out: &Path, reference: &str, spec: &ImageSpec) -> io::Resul
         config_digest,
         diff_ids,
         chain_id,
+        index_digest,
     })
 }
 
@@ -391,12 +419,14 @@ mod tests {
             working_dir: Some("/app".into()),
             user: Some("65534".into()),
             files: vec![("app/data/hello.txt".into(), 0o644, b"hello\n".to_vec())],
+            index: true,
         };
         let out = dir.path().join("app.tar");
         let built = build_archive(&out, "skiff.test/app:1", &spec).unwrap();
         assert_eq!(built.diff_ids.len(), 2);
         let chain = sha256(format!("{} {}", built.diff_ids[0], built.diff_ids[1]).as_bytes());
         assert_eq!(built.chain_id, chain);
+        assert!(built.index_digest.is_some());
         let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
         let config_path = format!(
             "blobs/sha256/{}",
