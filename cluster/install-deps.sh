@@ -23,6 +23,7 @@ PACKAGES=(
     etcd-server etcd-client
     iproute2 iptables ipvsadm nftables bpftool
     busybox-static
+    docker-registry skopeo apache2-utils
     python3 python3-pip python3-venv
 )
 missing=()

@@ -8,12 +8,20 @@
 //!   cargo xtask bench api     the API server benchmark (a real skiff-master, both backends)
 //!   cargo xtask bench scheduler  scheduler and controllers with 1,000 hollow nodes
 //!   cargo xtask install-deps  only the install step
+//!   cargo xtask image         the busybox test image: target/images/busybox.tar
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum as _};
+
+// The image builder lives in skiff-node (tests call it there); xtask compiles the same file
+// rather than depending on skiff-node, which would pull containerd, kube and k8s-openapi into
+// every `cargo xtask` build. The file uses only std, tar, flate2, sha2 and serde_json.
+#[allow(dead_code)]
+#[path = "../../node/src/runtime/images/busybox.rs"]
+mod busybox;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -40,6 +48,16 @@ enum Cmd {
         /// Extra arguments for the test runner, after `--` (a filter, for example).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build the busybox test image (an OCI image-layout tar, from Debian's busybox-static) for
+    /// `skiff image import` or a node's preload directory.
+    Image {
+        /// The directory to write busybox.tar into (default: target/images).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The image's name.
+        #[arg(long, default_value = busybox::TEST_IMAGE)]
+        reference: String,
     },
     /// Run a benchmark and print its figures (record them in BENCHMARKS.md); without a name,
     /// list the benchmarks.
@@ -133,6 +151,23 @@ fn main() -> anyhow::Result<()> {
                 }
                 cargo(&cmd)
             }
+        }
+        Cmd::Image { out, reference } => {
+            let dir = out.unwrap_or_else(|| {
+                std::env::var_os("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| root.join("target"))
+                    .join("images")
+            });
+            let archive = dir.join("busybox.tar");
+            let built = busybox::build_busybox_archive(&archive, &reference)
+                .with_context(|| format!("cannot build {}", archive.display()))?;
+            println!("{}", archive.display());
+            println!("  image    {}", built.reference);
+            println!("  manifest {}", built.manifest_digest);
+            println!("  config   {}", built.config_digest);
+            println!("  chain ID {}", built.chain_id);
+            Ok(())
         }
         Cmd::Bench { which: None, .. } => {
             list_benches();

@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod spec;
+pub mod images;
 
 use std::path::Path;
 
