@@ -208,6 +208,35 @@ impl Ipam {
         Ok(released)
     }
 
+    /// Releases every allocation whose container `keep` rejects, and returns them: the garbage
+    /// collection the agent runs at start with the sandboxes it knows, so addresses of pods
+    /// that vanished while it was down (a crash between ADD and DEL) come back.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<Allocation>, IpamError> {
+        let _lock = self.lock()?;
+        let mut released = Vec::new();
+        for a in self.allocations_locked()? {
+            if keep(&a.container_id) {
+                continue;
+            }
+            let path = self.dir.join(a.ip.to_string());
+            match fs::remove_file(&path) {
+                Ok(()) => released.push(a),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(IpamError::Io {
+                        action: "remove",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        if !released.is_empty() {
+            sync_dir(&self.dir);
+        }
+        Ok(released)
+    }
+
     /// The address held by `container_id`/`ifname`, if any.
     pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Option<IpAddr>, IpamError> {
         let _lock = self.lock()?;
@@ -449,6 +478,21 @@ mod tests {
         let b = again.allocate("b", "eth0").unwrap();
         assert!(b != a && b != other_if);
         assert_eq!(again.allocations().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn retain_releases_only_unknown_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = ipam(dir.path(), "10.1.0.0/24");
+        let live = ipam.allocate("live", "eth0").unwrap();
+        let gone = ipam.allocate("gone", "eth0").unwrap();
+        let released = ipam.retain(|id| id == "live").unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].ip, gone);
+        assert_eq!(released[0].container_id, "gone");
+        assert_eq!(ipam.lookup("live", "eth0").unwrap(), Some(live));
+        assert_eq!(ipam.lookup("gone", "eth0").unwrap(), None);
+        assert!(ipam.retain(|id| id == "live").unwrap().is_empty());
     }
 
     #[test]
