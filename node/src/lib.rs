@@ -5,6 +5,7 @@
 //! Until then it has [`hollow`]: `skiff-node hollow` fakes many nodes over the Kubernetes API
 //! (no containers), for testing the scheduler and controllers at cluster scale.
 
+pub mod agent;
 pub mod hollow;
 pub mod network;
 pub mod runtime;

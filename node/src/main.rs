@@ -1,9 +1,9 @@
-//! `skiff-node`: the node agent (arrives with the node-agent step) and, meanwhile,
-//! `skiff-node hollow`, which fakes many nodes over the Kubernetes API.
+//! `skiff-node`: the node agent (`skiff-node run`) and `skiff-node hollow`, which fakes many
+//! nodes over the Kubernetes API.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use skiff_node::hollow;
+use skiff_node::{agent, hollow};
 
 /// Skiff's node agent (runs pods on containerd; eBPF Service load balancing and telemetry).
 #[derive(Parser)]
@@ -15,6 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node agent: register this machine as a Node and run the pods bound to it on
+    /// containerd.
+    Run(agent::Args),
     /// Fake N nodes purely over the Kubernetes API (no containers), like kubemark or KWOK:
     /// register them, renew their leases, and take their pods through Running to completion.
     Hollow(hollow::Args),
@@ -24,9 +27,16 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         None => anyhow::bail!(
-            "skiff-node is not built yet: the node agent arrives with the node-agent step; \
-             run `skiff-master` for the control plane (or `skiff-node hollow` for fake nodes)"
+            "say what to run: `skiff-node run` (the node agent; --help lists its flags) or \
+             `skiff-node hollow` (fake nodes for scale tests)"
         ),
+        Some(Command::Run(args)) => {
+            init_tracing(hollow::LogFormat::Text);
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            agent::run(args, shutdown_signal())
+                .await
+                .context("skiff-node failed")
+        }
         Some(Command::Hollow(args)) => {
             init_tracing(args.log_format);
             // Every flag is checked before anything is contacted.

@@ -103,8 +103,52 @@ impl Containerd {
     }
 }
 
+impl Containerd {
+    /// Kills every task in every namespace of this containerd (SIGKILL) and deletes them, so
+    /// a failed test leaves no container running behind it.
+    fn kill_all_tasks(&self) {
+        let address = self.address.clone();
+        let worker = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(client) = containerd_client::Client::from_path(&address).await else {
+                    return;
+                };
+                let Ok(namespaces) = client
+                    .namespaces()
+                    .list(containerd_client::services::v1::ListNamespacesRequest::default())
+                    .await
+                else {
+                    return;
+                };
+                for ns in namespaces.into_inner().namespaces {
+                    let Ok(rt) = crate::runtime::Containerd::connect_in(&address, &ns.name).await
+                    else {
+                        continue;
+                    };
+                    let Ok(records) = rt.list_containers(&[]).await else {
+                        continue;
+                    };
+                    for r in records {
+                        let _ = rt.signal(&r.id, libc::SIGKILL as u32, true).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), rt.wait(&r.id)).await;
+                        let _ = rt.remove_container(&r.id).await;
+                    }
+                }
+            });
+        });
+        let _ = worker.join();
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.kill_all_tasks();
         // SIGTERM first so containerd closes its database; shims of containers a test left
         // running are killed by the tests that made them (each test cleans its own).
         // SAFETY: kill(2) on the PID of our own child, which we have not yet reaped.
@@ -215,4 +259,220 @@ pub async fn busybox_snapshot(
         }))
         .await?;
     Ok(())
+}
+
+/// Address ranges and a bridge of one test's own, so tests on one machine never share them,
+/// and the routes the agent installed for them are removed afterwards.
+pub struct NodeLab {
+    /// The cluster's pod range (`10.<200+n>.0.0/16`).
+    pub cluster_cidr: String,
+    /// The Service range (`172.<16+n>.0.0/16`).
+    pub service_cidr: String,
+    /// The bridge skiff-cni makes (`skt<n>`).
+    pub bridge: String,
+}
+
+impl NodeLab {
+    /// A lab with ranges no other running test uses (by PID and a process-wide counter).
+    pub fn new() -> NodeLab {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n =
+            (std::process::id() + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 7) % 50;
+        NodeLab {
+            cluster_cidr: format!("10.{}.0.0/16", 200 + n),
+            service_cidr: format!("172.{}.0.0/16", 16 + n % 16),
+            bridge: format!("skt{n}"),
+        }
+    }
+
+    /// The master flags that give out these ranges.
+    pub fn master_args(&self) -> Vec<String> {
+        vec![
+            "--cluster-cidr".into(),
+            self.cluster_cidr.clone(),
+            "--service-cluster-ip-range".into(),
+            self.service_cidr.clone(),
+        ]
+    }
+}
+
+impl Default for NodeLab {
+    fn default() -> Self {
+        NodeLab::new()
+    }
+}
+
+impl Drop for NodeLab {
+    fn drop(&mut self) {
+        let nets: Vec<ipnet::IpNet> = [&self.cluster_cidr, &self.service_cidr]
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        // The routes are removed over netlink, which is async: on a thread of its own, since
+        // drop may run inside a test's runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(crate::network::remove_blackhole_routes(&nets));
+            }
+        })
+        .join();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A `skiff-node run` process for one test, killed (by its PID) on drop. Containers it
+/// started keep running, as with a real agent; the test's [`Containerd`] removes them.
+pub struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+    /// The node's name.
+    pub node_name: String,
+    /// The node API's port.
+    pub port: u16,
+    args: Vec<String>,
+    binary: PathBuf,
+}
+
+impl Agent {
+    /// Starts `binary` (`env!("CARGO_BIN_EXE_skiff-node")`) as node `node_name` of the master
+    /// whose admin kubeconfig is `kubeconfig`, on `containerd`, in `lab`'s ranges; its state
+    /// and logs live under `containerd.dir()/<node_name>`.
+    pub fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        containerd: &Containerd,
+        lab: &NodeLab,
+        node_name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let dir = containerd.dir().join(node_name);
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--node-name".into(),
+            node_name.into(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--containerd-address".into(),
+            containerd.address().display().to_string(),
+            "--root-dir".into(),
+            dir.join("root").display().to_string(),
+            "--pod-logs-dir".into(),
+            dir.join("logs").display().to_string(),
+            "--cni-conf-dir".into(),
+            dir.join("cni").display().to_string(),
+            "--cni-bin-dir".into(),
+            "/usr/lib/cni".into(),
+            "--cluster-cidr".into(),
+            lab.cluster_cidr.clone(),
+            "--service-cluster-ip-range".into(),
+            lab.service_cidr.clone(),
+            "--bridge".into(),
+            lab.bridge.clone(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut agent = Agent {
+            child: None,
+            log: dir.join("agent.log"),
+            node_name: node_name.to_string(),
+            port,
+            args,
+            binary: binary.to_path_buf(),
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .env("RUST_LOG", "info,skiff_node=debug,kube_client=off")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` of the agent, then a fresh start with the same flags.
+    pub fn kill9_and_restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn()
+    }
+
+    /// The agent's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last 8 KiB of the agent's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(8192);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        text[start..].to_string()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `skiff-master` binary for end-to-end tests: `$SKIFF_MASTER_BIN`, else the one in the
+/// calling test's profile directory (`target/debug` or `target/release`), else the other.
+pub fn master_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SKIFF_MASTER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // Tests run from target/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("no target/<profile> above {}", exe.display()))?;
+    let target = profile
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no target/ above {}", profile.display()))?;
+    [
+        profile.join("skiff-master"),
+        target.join("release/skiff-master"),
+        target.join("debug/skiff-master"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "no skiff-master binary under {}: run `cargo build -p skiff-master` or set SKIFF_MASTER_BIN",
+            target.display()
+        )
+    })
 }
