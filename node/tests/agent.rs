@@ -245,6 +245,10 @@ async fn a_deployment_serves_http_from_its_pod_ips() {
         ips.push(ip);
     }
     assert_ne!(ips[0], ips[1], "two pods, two addresses");
+    let uids: Vec<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+    for uid in &uids {
+        assert!(std::path::Path::new(&format!("/run/netns/skiff-{uid}")).exists());
+    }
 
     // Deleting the Deployment removes the pods from the API and their containers from
     // containerd.
