@@ -588,8 +588,19 @@ async fn a_registry_with_htpasswd_needs_the_pull_secret() {
     .to_string();
     let auth = RegistryAuth::from_dockerconfigjson(secret.as_bytes(), &registry.host())
         .expect("credentials for the registry");
-    let info = ensure_image(&runtime, &reference, PullPolicy::IfNotPresent, &[auth])
-        .await
-        .expect("pull with the secret");
+    // Wrong credentials first, as a pod with two pull secrets may have: the next one is tried.
+    let wrong = RegistryAuth {
+        registry: registry.host(),
+        username: "skiff".into(),
+        password: "wrong".into(),
+    };
+    let info = ensure_image(
+        &runtime,
+        &reference,
+        PullPolicy::IfNotPresent,
+        &[wrong, auth],
+    )
+    .await
+    .expect("pull with the secret");
     assert_eq!(info.chain_id, built.chain_id);
 }

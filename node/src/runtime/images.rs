@@ -278,7 +278,17 @@ async fn pull(
     }
     tracing::info!(image = %name, ?policy, "pulling image");
     let lease = Lease::create(containerd).await?;
-    let result = match registry::pull(containerd, &lease, reference, auths).await {
+    // Like kubelet: each matching credential in turn while the registry refuses; anonymous
+    // when none matches.
+    let mut matching = auths.iter().filter(|a| a.matches(&reference.registry));
+    let mut pulled = registry::pull(containerd, &lease, reference, matching.next()).await;
+    for auth in matching {
+        if !matches!(pulled, Err(ImageError::Unauthorized { .. })) {
+            break;
+        }
+        pulled = registry::pull(containerd, &lease, reference, Some(auth)).await;
+    }
+    let result = match pulled {
         Ok(target) => complete(containerd, &lease, &name, &target).await,
         Err(e) => Err(e),
     };
