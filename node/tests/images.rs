@@ -604,3 +604,45 @@ async fn a_registry_with_htpasswd_needs_the_pull_secret() {
     .expect("pull with the secret");
     assert_eq!(info.chain_id, built.chain_id);
 }
+
+#[tokio::test]
+async fn skiff_node_image_builds_and_imports_from_the_command_line() {
+    let daemon = testing::Containerd::start().expect("start containerd");
+    let runtime = connect(&daemon).await;
+    let bin = env!("CARGO_BIN_EXE_skiff-node");
+    let archive = daemon.dir().join("cli.tar");
+    let output = Command::new(bin)
+        .args(["image", "build-test-image"])
+        .arg(&archive)
+        .output()
+        .expect("run skiff-node");
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with(TEST_IMAGE));
+
+    let import = |path: &Path| {
+        Command::new(bin)
+            .arg("image")
+            .arg("--containerd-address")
+            .arg(daemon.address())
+            .arg("import")
+            .arg(path)
+            .output()
+            .expect("run skiff-node")
+    };
+    let output = import(&archive);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{TEST_IMAGE}\n")
+    );
+    ensure_image(&runtime, TEST_IMAGE, PullPolicy::Never, &[])
+        .await
+        .expect("imported from the command line");
+
+    let output = import(&daemon.dir().join("missing.tar"));
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("missing.tar"),
+        "{output:?}"
+    );
+}

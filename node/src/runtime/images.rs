@@ -19,6 +19,7 @@
 //! is collected halfway. Pulls on a node are serialised, as kubelet's are by default.
 
 pub mod busybox;
+pub mod cli;
 pub mod oci;
 pub mod reference;
 pub mod registry;
