@@ -646,3 +646,51 @@ async fn skiff_node_image_builds_and_imports_from_the_command_line() {
         "{output:?}"
     );
 }
+
+#[tokio::test]
+async fn an_archive_with_a_corrupt_blob_is_refused() {
+    let daemon = testing::Containerd::start().expect("start containerd");
+    let runtime = connect(&daemon).await;
+    let (archive, built) = build(daemon.dir(), "busybox.tar");
+    // Rewrite the archive with one byte of the config changed (its name still claims the old
+    // digest).
+    let config_name = format!(
+        "blobs/sha256/{}",
+        built.config_digest.trim_start_matches("sha256:")
+    );
+    let tampered = daemon.dir().join("tampered.tar");
+    let mut out = tar::Builder::new(std::fs::File::create(&tampered).unwrap());
+    let mut input = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if path.to_string_lossy() == config_name {
+            let last = data.len() - 2;
+            data[last] ^= 1;
+        }
+        out.append_data(&mut header, &path, data.as_slice())
+            .unwrap();
+    }
+    out.finish().unwrap();
+    drop(out);
+
+    let err = import_archive(&runtime, &tampered)
+        .await
+        .expect_err("a corrupt blob");
+    assert!(
+        err.to_string().contains(&built.config_digest),
+        "names the blob: {err}"
+    );
+    let err = ensure_image(&runtime, TEST_IMAGE, PullPolicy::Never, &[])
+        .await
+        .expect_err("nothing was imported as an image");
+    assert!(matches!(err, ImageError::NeverPull { .. }), "{err}");
+    assert_eq!(
+        lease_count(&runtime).await,
+        0,
+        "the lease ends on failure too"
+    );
+}

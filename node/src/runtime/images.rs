@@ -91,8 +91,8 @@ pub enum ImageError {
         #[source]
         source: oci_client::errors::OciDistributionError,
     },
-    /// A blob's download broke off.
-    #[error("failed to download blob {digest}: {source}")]
+    /// Reading a blob from the registry or the archive broke off.
+    #[error("failed to read blob {digest} from its source: {source}")]
     Transfer {
         /// The blob.
         digest: String,
@@ -321,28 +321,40 @@ async fn import_under(
     path: &Path,
     archive_error: &dyn Fn(String) -> ImageError,
 ) -> Result<Vec<String>, ImageError> {
-    // The tar is read on a blocking thread, one entry at a time; blobs go into the content
-    // store as they come, index.json is kept for last.
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<(String, Vec<u8>), String>>(1);
+    // The tar is read on a blocking thread and its blobs stream into the content store in
+    // pieces of at most a MiB, so a large archive never sits in memory; index.json is kept
+    // for last.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Piece>(4);
     let file = path.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || read_archive(&file, &sender));
+    let mut pieces = Pieces {
+        receiver,
+        in_blob: false,
+    };
     let mut index_json = None;
-    while let Some(entry) = receiver.recv().await {
-        let (name, data) = entry.map_err(archive_error)?;
-        if name == "index.json" {
-            index_json = Some(data);
-        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-            let descriptor = Descriptor {
-                digest: format!("sha256:{hex}"),
-                size: data.len() as i64,
-                ..Default::default()
-            };
-            if oci::sha256(&data) != descriptor.digest {
-                return Err(archive_error(format!(
-                    "blob {name} does not match its digest"
-                )));
+    while let Some(piece) = pieces.receiver.recv().await {
+        match piece {
+            Piece::Index(data) => index_json = Some(data),
+            Piece::Failed(reason) => return Err(archive_error(reason)),
+            Piece::Blob { hex, size } => {
+                let descriptor = Descriptor {
+                    digest: format!("sha256:{hex}"),
+                    size: i64::try_from(size).unwrap_or(i64::MAX),
+                    ..Default::default()
+                };
+                pieces.in_blob = true;
+                // containerd checks the size and the digest before it commits.
+                store::write_stream(containerd, lease, &descriptor, pieces.blob()).await?;
+                // What was not read (the store had the blob already) is skipped.
+                while pieces.in_blob {
+                    match pieces.receiver.recv().await {
+                        Some(Piece::End) | None => pieces.in_blob = false,
+                        Some(Piece::Failed(reason)) => return Err(archive_error(reason)),
+                        Some(_) => {}
+                    }
+                }
             }
-            store::write_bytes(containerd, lease, &descriptor, data).await?;
+            Piece::Data(_) | Piece::End => {}
         }
     }
     let _ = reader.await;
@@ -382,56 +394,110 @@ async fn import_under(
     Ok(names)
 }
 
-/// Sends each `index.json` and `blobs/sha256/*` entry of the tar at `path`.
-fn read_archive(
-    path: &Path,
-    sender: &tokio::sync::mpsc::Sender<Result<(String, Vec<u8>), String>>,
-) {
-    let send = |item| sender.blocking_send(item).is_ok();
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) => {
-            send(Err(format!("cannot open it: {e}")));
-            return;
-        }
-    };
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let entries = match archive.entries() {
-        Ok(entries) => entries,
-        Err(e) => {
-            send(Err(format!("not a tar archive: {e}")));
-            return;
-        }
-    };
-    for entry in entries {
-        let item = entry
-            .and_then(|mut entry| {
-                let name = entry
-                    .path()?
-                    .to_string_lossy()
-                    .trim_start_matches("./")
-                    .to_string();
-                let wanted = name == "index.json"
-                    || (name.starts_with("blobs/sha256/") && entry.header().entry_type().is_file());
-                let mut data = Vec::new();
-                if wanted {
-                    std::io::Read::read_to_end(&mut entry, &mut data)?;
-                }
-                Ok((wanted, name, data))
-            })
-            .map_err(|e| format!("not a readable tar archive: {e}"));
-        let ok = match item {
-            Ok((true, name, data)) => send(Ok((name, data))),
-            Ok((false, ..)) => true,
-            Err(e) => {
-                send(Err(e));
-                false
+/// What the archive reader sends: index.json whole; each blob as `Blob`, its `Data`, `End`.
+enum Piece {
+    Index(Vec<u8>),
+    Blob { hex: String, size: u64 },
+    Data(Vec<u8>),
+    End,
+    Failed(String),
+}
+
+/// The receiving end of the archive reader, and whether it is inside a blob.
+struct Pieces {
+    receiver: tokio::sync::mpsc::Receiver<Piece>,
+    in_blob: bool,
+}
+
+impl Pieces {
+    /// The current blob's data, up to its `End`.
+    fn blob(
+        &mut self,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + '_ {
+        futures::stream::unfold(self, |pieces| async move {
+            if !pieces.in_blob {
+                return None;
             }
-        };
-        if !ok {
-            return;
-        }
+            match pieces.receiver.recv().await {
+                Some(Piece::Data(data)) => Some((Ok(bytes::Bytes::from(data)), pieces)),
+                Some(Piece::Failed(reason)) => {
+                    pieces.in_blob = false;
+                    Some((Err(std::io::Error::other(reason)), pieces))
+                }
+                _ => {
+                    pieces.in_blob = false;
+                    None
+                }
+            }
+        })
     }
+}
+
+/// How much of a blob one [`Piece::Data`] carries.
+const ARCHIVE_PIECE: usize = 1 << 20;
+
+/// Sends `index.json` and each `blobs/sha256/<hex>` entry of the tar at `path`, in pieces.
+fn read_archive(path: &Path, sender: &tokio::sync::mpsc::Sender<Piece>) {
+    if let Err(reason) = send_archive(path, sender) {
+        let _ = sender.blocking_send(Piece::Failed(reason));
+    }
+}
+
+fn send_archive(path: &Path, sender: &tokio::sync::mpsc::Sender<Piece>) -> Result<(), String> {
+    // A closed channel means the importer gave up (it reports why); stop quietly.
+    let send = |piece| sender.blocking_send(piece).map_err(|_| String::new());
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
+    let unreadable = |e: std::io::Error| format!("not a readable tar archive: {e}");
+    for entry in entries {
+        let mut entry = entry.map_err(unreadable)?;
+        let name = entry
+            .path()
+            .map_err(unreadable)?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name == "index.json" {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).map_err(unreadable)?;
+            send(Piece::Index(data))?;
+            continue;
+        }
+        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
+            continue;
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!("{name} is not named by a sha256 digest"));
+        }
+        send(Piece::Blob {
+            hex: hex.to_string(),
+            size: entry.size(),
+        })?;
+        loop {
+            let mut data = Vec::with_capacity(ARCHIVE_PIECE);
+            let read = std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut entry, ARCHIVE_PIECE as u64),
+                &mut data,
+            )
+            .map_err(unreadable)?;
+            if read == 0 {
+                break;
+            }
+            send(Piece::Data(data))?;
+        }
+        send(Piece::End)?;
+    }
+    Ok(())
 }
 
 /// Imports every `*.tar` in `dir` (the node's preload directory), in name order; returns the
