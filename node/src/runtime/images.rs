@@ -17,6 +17,27 @@
 //! uncompressed digest; one committed snapshot per layer named by its chain ID; and an image
 //! record whose target is the index or manifest. All of it is written under a lease so nothing
 //! is collected halfway. Pulls on a node are serialised, as kubelet's are by default.
+//!
+//! A pod worker's use:
+//!
+//! ```no_run
+//! # async fn start(
+//! #     containerd: &skiff_node::runtime::Containerd,
+//! #     container: &k8s_openapi::api::core::v1::Container,
+//! #     pull_secrets: &[k8s_openapi::api::core::v1::Secret],
+//! # ) -> Result<(), skiff_node::runtime::images::ImageError> {
+//! use skiff_node::runtime::images::{ensure_image, PullPolicy, RegistryAuth};
+//! let image = container.image.as_deref().unwrap_or_default();
+//! let policy = PullPolicy::from_spec(container.image_pull_policy.as_deref(), image);
+//! let auths = RegistryAuth::from_secrets(pull_secrets, image);
+//! // On error, the container waits with reason `err.reason()` (ErrImagePull, …).
+//! let info = ensure_image(containerd, image, policy, &auths).await?;
+//! // The rootfs: Snapshots.Prepare(key, parent = info.chain_id) on `store::SNAPSHOTTER`,
+//! // under a lease until the container record references the snapshot.
+//! # let _ = info;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod busybox;
 pub mod cli;
