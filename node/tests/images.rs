@@ -248,6 +248,15 @@ async fn a_two_layer_image_unpacks_onto_its_parent_and_keeps_its_config() {
         .expect("import busybox");
     assert_eq!(snapshot_names(&runtime).await, expected);
 
+    // The node lists both, the two-layer one (through its index) larger.
+    let listed = images::list_images(&runtime).await.expect("list images");
+    let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, vec!["skiff.test/app:2", TEST_IMAGE]);
+    assert_eq!(listed[1].digest, base.manifest_digest);
+    assert_eq!(Some(&listed[0].digest), built.index_digest.as_ref());
+    assert!(listed[1].size_bytes > 500_000, "{listed:?}");
+    assert!(listed[0].size_bytes > listed[1].size_bytes, "{listed:?}");
+
     let target = daemon.dir().join("view");
     view(&runtime, &info.chain_id, &target, |root| {
         assert_eq!(

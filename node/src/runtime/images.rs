@@ -226,6 +226,67 @@ pub struct ImageInfo {
     pub config: ImageConfig,
 }
 
+/// An image on the node, as the node's status lists it (`status.images`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// The containerd image name (the normalised reference).
+    pub name: String,
+    /// The digest of its target (index or manifest).
+    pub digest: String,
+    /// The compressed size of this platform's config and layers, in bytes.
+    pub size_bytes: i64,
+}
+
+/// Every image in containerd's namespace with its size, by name. An image whose manifest is
+/// missing from the content store is listed with size 0.
+pub async fn list_images(containerd: &Containerd) -> Result<Vec<ImageSummary>, ImageError> {
+    let images = containerd
+        .client()
+        .images()
+        .list(containerd.request(containerd_client::services::v1::ListImagesRequest::default()))
+        .await
+        .map_err(|source| ImageError::Containerd {
+            action: "list images".into(),
+            source,
+        })?
+        .into_inner()
+        .images;
+    let mut summaries = Vec::with_capacity(images.len());
+    for image in images {
+        let Some(target) = image.target else {
+            continue;
+        };
+        let size_bytes = image_size(containerd, &target).await.unwrap_or(0);
+        summaries.push(ImageSummary {
+            name: image.name,
+            digest: target.digest,
+            size_bytes,
+        });
+    }
+    summaries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(summaries)
+}
+
+/// The size of the config and layers of `target`'s manifest for this platform.
+async fn image_size(
+    containerd: &Containerd,
+    target: &containerd_client::types::Descriptor,
+) -> Option<i64> {
+    let mut bytes = store::read_blob(containerd, &target.digest).await.ok()?;
+    let media_type = if target.media_type.is_empty() {
+        oci::sniff_media_type(&bytes)?
+    } else {
+        target.media_type.clone()
+    };
+    if oci::is_index(&media_type) {
+        let index: Index = serde_json::from_slice(&bytes).ok()?;
+        let chosen = oci::choose_platform(&index)?;
+        bytes = store::read_blob(containerd, &chosen.digest).await.ok()?;
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+    Some(manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<i64>())
+}
+
 /// Pulls and imports are one at a time per process, as kubelet's pulls are by default: this also
 /// keeps two of them from writing the same blob at once (containerd would refuse the second).
 static PULL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
