@@ -21,6 +21,8 @@ enum Command {
     /// Fake N nodes purely over the Kubernetes API (no containers), like kubemark or KWOK:
     /// register them, renew their leases, and take their pods through Running to completion.
     Hollow(hollow::Args),
+    /// Import, pull or build container images in the node's containerd by hand.
+    Image(skiff_node::runtime::images::cli::Args),
 }
 
 #[tokio::main]
@@ -37,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("skiff-node failed")
         }
+        Some(Command::Image(args)) => skiff_node::runtime::images::cli::run(args).await,
         Some(Command::Hollow(args)) => {
             init_tracing(args.log_format);
             // Every flag is checked before anything is contacted.

@@ -248,6 +248,15 @@ async fn a_two_layer_image_unpacks_onto_its_parent_and_keeps_its_config() {
         .expect("import busybox");
     assert_eq!(snapshot_names(&runtime).await, expected);
 
+    // The node lists both, the two-layer one (through its index) larger.
+    let listed = images::list_images(&runtime).await.expect("list images");
+    let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, vec!["skiff.test/app:2", TEST_IMAGE]);
+    assert_eq!(listed[1].digest, base.manifest_digest);
+    assert_eq!(Some(&listed[0].digest), built.index_digest.as_ref());
+    assert!(listed[1].size_bytes > 500_000, "{listed:?}");
+    assert!(listed[0].size_bytes > listed[1].size_bytes, "{listed:?}");
+
     let target = daemon.dir().join("view");
     view(&runtime, &info.chain_id, &target, |root| {
         assert_eq!(
@@ -588,8 +597,109 @@ async fn a_registry_with_htpasswd_needs_the_pull_secret() {
     .to_string();
     let auth = RegistryAuth::from_dockerconfigjson(secret.as_bytes(), &registry.host())
         .expect("credentials for the registry");
-    let info = ensure_image(&runtime, &reference, PullPolicy::IfNotPresent, &[auth])
-        .await
-        .expect("pull with the secret");
+    // Wrong credentials first, as a pod with two pull secrets may have: the next one is tried.
+    let wrong = RegistryAuth {
+        registry: registry.host(),
+        username: "skiff".into(),
+        password: "wrong".into(),
+    };
+    let info = ensure_image(
+        &runtime,
+        &reference,
+        PullPolicy::IfNotPresent,
+        &[wrong, auth],
+    )
+    .await
+    .expect("pull with the secret");
     assert_eq!(info.chain_id, built.chain_id);
+}
+
+#[tokio::test]
+async fn skiff_node_image_builds_and_imports_from_the_command_line() {
+    let daemon = testing::Containerd::start().expect("start containerd");
+    let runtime = connect(&daemon).await;
+    let bin = env!("CARGO_BIN_EXE_skiff-node");
+    let archive = daemon.dir().join("cli.tar");
+    let output = Command::new(bin)
+        .args(["image", "build-test-image"])
+        .arg(&archive)
+        .output()
+        .expect("run skiff-node");
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with(TEST_IMAGE));
+
+    let import = |path: &Path| {
+        Command::new(bin)
+            .arg("image")
+            .arg("--containerd-address")
+            .arg(daemon.address())
+            .arg("import")
+            .arg(path)
+            .output()
+            .expect("run skiff-node")
+    };
+    let output = import(&archive);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{TEST_IMAGE}\n")
+    );
+    ensure_image(&runtime, TEST_IMAGE, PullPolicy::Never, &[])
+        .await
+        .expect("imported from the command line");
+
+    let output = import(&daemon.dir().join("missing.tar"));
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("missing.tar"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_archive_with_a_corrupt_blob_is_refused() {
+    let daemon = testing::Containerd::start().expect("start containerd");
+    let runtime = connect(&daemon).await;
+    let (archive, built) = build(daemon.dir(), "busybox.tar");
+    // Rewrite the archive with one byte of the config changed (its name still claims the old
+    // digest).
+    let config_name = format!(
+        "blobs/sha256/{}",
+        built.config_digest.trim_start_matches("sha256:")
+    );
+    let tampered = daemon.dir().join("tampered.tar");
+    let mut out = tar::Builder::new(std::fs::File::create(&tampered).unwrap());
+    let mut input = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if path.to_string_lossy() == config_name {
+            let last = data.len() - 2;
+            data[last] ^= 1;
+        }
+        out.append_data(&mut header, &path, data.as_slice())
+            .unwrap();
+    }
+    out.finish().unwrap();
+    drop(out);
+
+    let err = import_archive(&runtime, &tampered)
+        .await
+        .expect_err("a corrupt blob");
+    assert!(
+        err.to_string().contains(&built.config_digest),
+        "names the blob: {err}"
+    );
+    let err = ensure_image(&runtime, TEST_IMAGE, PullPolicy::Never, &[])
+        .await
+        .expect_err("nothing was imported as an image");
+    assert!(matches!(err, ImageError::NeverPull { .. }), "{err}");
+    assert_eq!(
+        lease_count(&runtime).await,
+        0,
+        "the lease ends on failure too"
+    );
 }

@@ -354,15 +354,14 @@ impl Containerd {
                 container_id: id.into(),
                 exec_id: exec_id.clone(),
             }));
-            let (waited, started) = tokio::join!(
-                tokio::time::timeout(timeout, wait),
-                start
-            );
+            let (waited, started) = tokio::join!(tokio::time::timeout(timeout, wait), start);
             started.with_context(|| format!("cannot start the exec in {id}"))?;
             match waited {
-                Ok(w) => Ok(Some(w.with_context(|| format!("cannot wait for the exec in {id}"))?
-                    .into_inner()
-                    .exit_status)),
+                Ok(w) => Ok(Some(
+                    w.with_context(|| format!("cannot wait for the exec in {id}"))?
+                        .into_inner()
+                        .exit_status,
+                )),
                 Err(_) => {
                     let _ = self
                         .client()

@@ -17,8 +17,30 @@
 //! uncompressed digest; one committed snapshot per layer named by its chain ID; and an image
 //! record whose target is the index or manifest. All of it is written under a lease so nothing
 //! is collected halfway. Pulls on a node are serialised, as kubelet's are by default.
+//!
+//! A pod worker's use:
+//!
+//! ```no_run
+//! # async fn start(
+//! #     containerd: &skiff_node::runtime::Containerd,
+//! #     container: &k8s_openapi::api::core::v1::Container,
+//! #     pull_secrets: &[k8s_openapi::api::core::v1::Secret],
+//! # ) -> Result<(), skiff_node::runtime::images::ImageError> {
+//! use skiff_node::runtime::images::{ensure_image, PullPolicy, RegistryAuth};
+//! let image = container.image.as_deref().unwrap_or_default();
+//! let policy = PullPolicy::from_spec(container.image_pull_policy.as_deref(), image);
+//! let auths = RegistryAuth::from_secrets(pull_secrets, image);
+//! // On error, the container waits with reason `err.reason()` (ErrImagePull, …).
+//! let info = ensure_image(containerd, image, policy, &auths).await?;
+//! // The rootfs: Snapshots.Prepare(key, parent = info.chain_id) on `store::SNAPSHOTTER`,
+//! // under a lease until the container record references the snapshot.
+//! # let _ = info;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod busybox;
+pub mod cli;
 pub mod oci;
 pub mod reference;
 pub mod registry;
@@ -90,8 +112,8 @@ pub enum ImageError {
         #[source]
         source: oci_client::errors::OciDistributionError,
     },
-    /// A blob's download broke off.
-    #[error("failed to download blob {digest}: {source}")]
+    /// Reading a blob from the registry or the archive broke off.
+    #[error("failed to read blob {digest} from its source: {source}")]
     Transfer {
         /// The blob.
         digest: String,
@@ -204,6 +226,67 @@ pub struct ImageInfo {
     pub config: ImageConfig,
 }
 
+/// An image on the node, as the node's status lists it (`status.images`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// The containerd image name (the normalised reference).
+    pub name: String,
+    /// The digest of its target (index or manifest).
+    pub digest: String,
+    /// The compressed size of this platform's config and layers, in bytes.
+    pub size_bytes: i64,
+}
+
+/// Every image in containerd's namespace with its size, by name. An image whose manifest is
+/// missing from the content store is listed with size 0.
+pub async fn list_images(containerd: &Containerd) -> Result<Vec<ImageSummary>, ImageError> {
+    let images = containerd
+        .client()
+        .images()
+        .list(containerd.request(containerd_client::services::v1::ListImagesRequest::default()))
+        .await
+        .map_err(|source| ImageError::Containerd {
+            action: "list images".into(),
+            source,
+        })?
+        .into_inner()
+        .images;
+    let mut summaries = Vec::with_capacity(images.len());
+    for image in images {
+        let Some(target) = image.target else {
+            continue;
+        };
+        let size_bytes = image_size(containerd, &target).await.unwrap_or(0);
+        summaries.push(ImageSummary {
+            name: image.name,
+            digest: target.digest,
+            size_bytes,
+        });
+    }
+    summaries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(summaries)
+}
+
+/// The size of the config and layers of `target`'s manifest for this platform.
+async fn image_size(
+    containerd: &Containerd,
+    target: &containerd_client::types::Descriptor,
+) -> Option<i64> {
+    let mut bytes = store::read_blob(containerd, &target.digest).await.ok()?;
+    let media_type = if target.media_type.is_empty() {
+        oci::sniff_media_type(&bytes)?
+    } else {
+        target.media_type.clone()
+    };
+    if oci::is_index(&media_type) {
+        let index: Index = serde_json::from_slice(&bytes).ok()?;
+        let chosen = oci::choose_platform(&index)?;
+        bytes = store::read_blob(containerd, &chosen.digest).await.ok()?;
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+    Some(manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<i64>())
+}
+
 /// Pulls and imports are one at a time per process, as kubelet's pulls are by default: this also
 /// keeps two of them from writing the same blob at once (containerd would refuse the second).
 static PULL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -278,7 +361,17 @@ async fn pull(
     }
     tracing::info!(image = %name, ?policy, "pulling image");
     let lease = Lease::create(containerd).await?;
-    let result = match registry::pull(containerd, &lease, reference, auths).await {
+    // Like kubelet: each matching credential in turn while the registry refuses; anonymous
+    // when none matches.
+    let mut matching = auths.iter().filter(|a| a.matches(&reference.registry));
+    let mut pulled = registry::pull(containerd, &lease, reference, matching.next()).await;
+    for auth in matching {
+        if !matches!(pulled, Err(ImageError::Unauthorized { .. })) {
+            break;
+        }
+        pulled = registry::pull(containerd, &lease, reference, Some(auth)).await;
+    }
+    let result = match pulled {
         Ok(target) => complete(containerd, &lease, &name, &target).await,
         Err(e) => Err(e),
     };
@@ -310,28 +403,40 @@ async fn import_under(
     path: &Path,
     archive_error: &dyn Fn(String) -> ImageError,
 ) -> Result<Vec<String>, ImageError> {
-    // The tar is read on a blocking thread, one entry at a time; blobs go into the content
-    // store as they come, index.json is kept for last.
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<(String, Vec<u8>), String>>(1);
+    // The tar is read on a blocking thread and its blobs stream into the content store in
+    // pieces of at most a MiB, so a large archive never sits in memory; index.json is kept
+    // for last.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Piece>(4);
     let file = path.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || read_archive(&file, &sender));
+    let mut pieces = Pieces {
+        receiver,
+        in_blob: false,
+    };
     let mut index_json = None;
-    while let Some(entry) = receiver.recv().await {
-        let (name, data) = entry.map_err(archive_error)?;
-        if name == "index.json" {
-            index_json = Some(data);
-        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-            let descriptor = Descriptor {
-                digest: format!("sha256:{hex}"),
-                size: data.len() as i64,
-                ..Default::default()
-            };
-            if oci::sha256(&data) != descriptor.digest {
-                return Err(archive_error(format!(
-                    "blob {name} does not match its digest"
-                )));
+    while let Some(piece) = pieces.receiver.recv().await {
+        match piece {
+            Piece::Index(data) => index_json = Some(data),
+            Piece::Failed(reason) => return Err(archive_error(reason)),
+            Piece::Blob { hex, size } => {
+                let descriptor = Descriptor {
+                    digest: format!("sha256:{hex}"),
+                    size: i64::try_from(size).unwrap_or(i64::MAX),
+                    ..Default::default()
+                };
+                pieces.in_blob = true;
+                // containerd checks the size and the digest before it commits.
+                store::write_stream(containerd, lease, &descriptor, pieces.blob()).await?;
+                // What was not read (the store had the blob already) is skipped.
+                while pieces.in_blob {
+                    match pieces.receiver.recv().await {
+                        Some(Piece::End) | None => pieces.in_blob = false,
+                        Some(Piece::Failed(reason)) => return Err(archive_error(reason)),
+                        Some(_) => {}
+                    }
+                }
             }
-            store::write_bytes(containerd, lease, &descriptor, data).await?;
+            Piece::Data(_) | Piece::End => {}
         }
     }
     let _ = reader.await;
@@ -371,56 +476,110 @@ async fn import_under(
     Ok(names)
 }
 
-/// Sends each `index.json` and `blobs/sha256/*` entry of the tar at `path`.
-fn read_archive(
-    path: &Path,
-    sender: &tokio::sync::mpsc::Sender<Result<(String, Vec<u8>), String>>,
-) {
-    let send = |item| sender.blocking_send(item).is_ok();
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) => {
-            send(Err(format!("cannot open it: {e}")));
-            return;
-        }
-    };
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let entries = match archive.entries() {
-        Ok(entries) => entries,
-        Err(e) => {
-            send(Err(format!("not a tar archive: {e}")));
-            return;
-        }
-    };
-    for entry in entries {
-        let item = entry
-            .and_then(|mut entry| {
-                let name = entry
-                    .path()?
-                    .to_string_lossy()
-                    .trim_start_matches("./")
-                    .to_string();
-                let wanted = name == "index.json"
-                    || (name.starts_with("blobs/sha256/") && entry.header().entry_type().is_file());
-                let mut data = Vec::new();
-                if wanted {
-                    std::io::Read::read_to_end(&mut entry, &mut data)?;
-                }
-                Ok((wanted, name, data))
-            })
-            .map_err(|e| format!("not a readable tar archive: {e}"));
-        let ok = match item {
-            Ok((true, name, data)) => send(Ok((name, data))),
-            Ok((false, ..)) => true,
-            Err(e) => {
-                send(Err(e));
-                false
+/// What the archive reader sends: index.json whole; each blob as `Blob`, its `Data`, `End`.
+enum Piece {
+    Index(Vec<u8>),
+    Blob { hex: String, size: u64 },
+    Data(Vec<u8>),
+    End,
+    Failed(String),
+}
+
+/// The receiving end of the archive reader, and whether it is inside a blob.
+struct Pieces {
+    receiver: tokio::sync::mpsc::Receiver<Piece>,
+    in_blob: bool,
+}
+
+impl Pieces {
+    /// The current blob's data, up to its `End`.
+    fn blob(
+        &mut self,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + '_ {
+        futures::stream::unfold(self, |pieces| async move {
+            if !pieces.in_blob {
+                return None;
             }
-        };
-        if !ok {
-            return;
-        }
+            match pieces.receiver.recv().await {
+                Some(Piece::Data(data)) => Some((Ok(bytes::Bytes::from(data)), pieces)),
+                Some(Piece::Failed(reason)) => {
+                    pieces.in_blob = false;
+                    Some((Err(std::io::Error::other(reason)), pieces))
+                }
+                _ => {
+                    pieces.in_blob = false;
+                    None
+                }
+            }
+        })
     }
+}
+
+/// How much of a blob one [`Piece::Data`] carries.
+const ARCHIVE_PIECE: usize = 1 << 20;
+
+/// Sends `index.json` and each `blobs/sha256/<hex>` entry of the tar at `path`, in pieces.
+fn read_archive(path: &Path, sender: &tokio::sync::mpsc::Sender<Piece>) {
+    if let Err(reason) = send_archive(path, sender) {
+        let _ = sender.blocking_send(Piece::Failed(reason));
+    }
+}
+
+fn send_archive(path: &Path, sender: &tokio::sync::mpsc::Sender<Piece>) -> Result<(), String> {
+    // A closed channel means the importer gave up (it reports why); stop quietly.
+    let send = |piece| sender.blocking_send(piece).map_err(|_| String::new());
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
+    let unreadable = |e: std::io::Error| format!("not a readable tar archive: {e}");
+    for entry in entries {
+        let mut entry = entry.map_err(unreadable)?;
+        let name = entry
+            .path()
+            .map_err(unreadable)?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name == "index.json" {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).map_err(unreadable)?;
+            send(Piece::Index(data))?;
+            continue;
+        }
+        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
+            continue;
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!("{name} is not named by a sha256 digest"));
+        }
+        send(Piece::Blob {
+            hex: hex.to_string(),
+            size: entry.size(),
+        })?;
+        loop {
+            let mut data = Vec::with_capacity(ARCHIVE_PIECE);
+            let read = std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut entry, ARCHIVE_PIECE as u64),
+                &mut data,
+            )
+            .map_err(unreadable)?;
+            if read == 0 {
+                break;
+            }
+            send(Piece::Data(data))?;
+        }
+        send(Piece::End)?;
+    }
+    Ok(())
 }
 
 /// Imports every `*.tar` in `dir` (the node's preload directory), in name order; returns the

@@ -4,8 +4,8 @@
 //! containers ls` shows exactly the agent's containers and nothing of other tenants is touched.
 
 pub mod containers;
-pub mod spec;
 pub mod images;
+pub mod spec;
 
 use std::path::Path;
 

@@ -71,6 +71,38 @@ impl RegistryAuth {
     }
 }
 
+impl RegistryAuth {
+    /// Whether these credentials are for `registry` (`host[:port]`; Docker Hub by any name).
+    pub fn matches(&self, registry: &str) -> bool {
+        server_host(&self.registry) == server_host(registry)
+    }
+
+    /// The credentials for `image`'s registry in a pod's `imagePullSecrets`, as kubelet reads
+    /// them: `kubernetes.io/dockerconfigjson` secrets (key `.dockerconfigjson`) and legacy
+    /// `kubernetes.io/dockercfg` ones (key `.dockercfg`), in the pod's order. Other secrets and
+    /// ones without an entry for the registry are skipped.
+    pub fn from_secrets(
+        secrets: &[k8s_openapi::api::core::v1::Secret],
+        image: &str,
+    ) -> Vec<RegistryAuth> {
+        let Ok(reference) = super::Reference::parse(image) else {
+            return Vec::new();
+        };
+        secrets
+            .iter()
+            .filter_map(|secret| {
+                let key = match secret.type_.as_deref() {
+                    Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+                    Some("kubernetes.io/dockercfg") => ".dockercfg",
+                    _ => return None,
+                };
+                let data = secret.data.as_ref()?.get(key)?;
+                RegistryAuth::from_dockerconfigjson(&data.0, &reference.registry)
+            })
+            .collect()
+    }
+}
+
 /// A docker config server key or registry name reduced to `host[:port]`, Docker Hub's many
 /// names to `docker.io`.
 fn server_host(server: &str) -> String {
@@ -92,12 +124,13 @@ fn server_host(server: &str) -> String {
 }
 
 /// Fetches `reference` from its registry into containerd's content store (what is there
-/// already is not fetched again) and returns the image's target: its index or manifest.
+/// already is not fetched again), with `auth` or anonymously, and returns the image's target:
+/// its index or manifest.
 pub async fn pull(
     containerd: &Containerd,
     lease: &Lease,
     reference: &Reference,
-    auths: &[RegistryAuth],
+    auth: Option<&RegistryAuth>,
 ) -> Result<Descriptor, ImageError> {
     let image = reference.to_string();
     let registry = reference.registry.clone();
@@ -129,10 +162,7 @@ pub async fn pull(
             reference.tag.clone().unwrap_or_else(|| "latest".into()),
         ),
     };
-    let auth = match auths
-        .iter()
-        .find(|a| server_host(&a.registry) == server_host(&registry))
-    {
+    let auth = match auth {
         Some(a) => oci_client::secrets::RegistryAuth::Basic(a.username.clone(), a.password.clone()),
         None => oci_client::secrets::RegistryAuth::Anonymous,
     };
@@ -296,6 +326,48 @@ fn classify(image: &str, registry: &str, source: OciDistributionError) -> ImageE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_secrets_give_the_image_registry_its_credentials() {
+        use k8s_openapi::api::core::v1::Secret;
+        use k8s_openapi::ByteString;
+        let secret = |type_: &str, key: &str, config: serde_json::Value| Secret {
+            type_: Some(type_.to_string()),
+            data: Some(
+                [(key.to_string(), ByteString(config.to_string().into_bytes()))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let secrets = [
+            secret(
+                "Opaque",
+                ".dockerconfigjson",
+                serde_json::json!({"auths": {"127.0.0.1:5000": {"username": "no", "password": "no"}}}),
+            ),
+            secret(
+                "kubernetes.io/dockerconfigjson",
+                ".dockerconfigjson",
+                serde_json::json!({"auths": {"127.0.0.1:5000": {"username": "a", "password": "1"}}}),
+            ),
+            secret(
+                "kubernetes.io/dockercfg",
+                ".dockercfg",
+                serde_json::json!({"https://index.docker.io/v1/": {"username": "b", "password": "2"}}),
+            ),
+        ];
+        let users = |image: &str| -> Vec<String> {
+            RegistryAuth::from_secrets(&secrets, image)
+                .into_iter()
+                .map(|a| a.username)
+                .collect()
+        };
+        assert_eq!(users("127.0.0.1:5000/app:1"), vec!["a"]);
+        assert_eq!(users("busybox"), vec!["b"]);
+        assert!(users("quay.io/x/y").is_empty());
+        assert!(users("Not Valid").is_empty());
+    }
 
     #[test]
     fn dockerconfigjson_gives_the_registry_its_credentials() {

@@ -46,7 +46,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Creates a lease that containerd drops by itself after [`LEASE_EXPIRY`] if never ended.
+    /// Creates a lease that containerd drops by itself after an hour if never ended.
     pub async fn create(containerd: &Containerd) -> Result<Lease, ImageError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
