@@ -177,6 +177,8 @@ spec:
     metadata:
       labels: {app: web}
     spec:
+      # httpd as PID 1 ignores SIGTERM: a short grace keeps the test quick.
+      terminationGracePeriodSeconds: 2
       containers:
       - name: httpd
         image: skiff.test/busybox:1
