@@ -382,6 +382,8 @@ impl Agent {
             lab.bridge.clone(),
             "--port".into(),
             port.to_string(),
+            // Test machines run with little free disk; pressure would taint the node.
+            "--eviction-hard=memory.available<1Mi".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut agent = Agent {

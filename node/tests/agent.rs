@@ -87,8 +87,18 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        let pods = self
+            .master
+            .kubectl(&["get", "pods", "-o", "wide"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let events = self
+            .master
+            .kubectl(&["get", "events"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         panic!(
-            "timed out waiting until {what}\n--- agent log ---\n{}\n--- master log ---\n{}",
+            "timed out waiting until {what}\n--- pods ---\n{pods}\n--- events ---\n{events}\n--- agent log ---\n{}\n--- master log ---\n{}",
             self.agent.log_tail(),
             self.master.log_tail()
         );
@@ -270,4 +280,262 @@ async fn a_deployment_serves_http_from_its_pod_ips() {
             .unwrap_or(false)
     })
     .await;
+}
+
+/// The pod's first container status.
+fn first_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+async fn pod(c: &Cluster, name: &str) -> Option<Pod> {
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    api.get_opt(name).await.ok().flatten()
+}
+
+const LIFECYCLE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "touch /tmp/alive; sleep 3; rm /tmp/alive; sleep 3600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/alive"]}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}"]
+    resources:
+      limits: {memory: 32Mi}
+"#;
+
+#[tokio::test]
+async fn liveness_restarts_crashes_back_off_and_oom_is_reported() {
+    let c = cluster().await;
+    c.apply(LIFECYCLE);
+
+    // A failing liveness probe restarts the container; the restart is counted.
+    c.until("the liveness pod restarted", || async {
+        pod(&c, "liveness")
+            .await
+            .and_then(|p| first_status(&p))
+            .is_some_and(|s| s.restart_count >= 1)
+    })
+    .await;
+
+    // A crashing container backs off: CrashLoopBackOff, its last exit code, and restarts
+    // spaced by the backoff (10 s, then 20 s) rather than immediate.
+    c.until("the crasher is in CrashLoopBackOff", || async {
+        pod(&c, "crasher")
+            .await
+            .and_then(|p| first_status(&p))
+            .is_some_and(|s| {
+                let waiting = s
+                    .state
+                    .as_ref()
+                    .and_then(|st| st.waiting.as_ref())
+                    .and_then(|w| w.reason.clone());
+                let last = s
+                    .last_state
+                    .as_ref()
+                    .and_then(|st| st.terminated.as_ref())
+                    .map(|t| t.exit_code);
+                waiting.as_deref() == Some("CrashLoopBackOff") && last == Some(3)
+            })
+    })
+    .await;
+    let crasher = pod(&c, "crasher").await.expect("crasher");
+    assert_eq!(
+        crasher.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running"),
+        "a crash-looping pod with restartPolicy Always is Running"
+    );
+    let restarts_then = first_status(&crasher).map_or(0, |s| s.restart_count);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restarts_now = pod(&c, "crasher")
+        .await
+        .and_then(|p| first_status(&p))
+        .map_or(0, |s| s.restart_count);
+    assert!(
+        restarts_now <= restarts_then + 1,
+        "restarts went from {restarts_then} to {restarts_now} in 5 s: no backoff"
+    );
+
+    // Over its memory limit: OOMKilled, and the pod (restartPolicy Never) Failed.
+    c.until("the hog is OOMKilled", || async {
+        pod(&c, "hog").await.is_some_and(|p| {
+            let reason = first_status(&p)
+                .and_then(|s| s.state)
+                .and_then(|s| s.terminated)
+                .and_then(|t| t.reason);
+            reason.as_deref() == Some("OOMKilled")
+                && p.status.and_then(|s| s.phase).as_deref() == Some("Failed")
+        })
+    })
+    .await;
+    let hog = first_status(&pod(&c, "hog").await.expect("hog")).expect("status");
+    assert_eq!(
+        hog.state.and_then(|s| s.terminated).map(|t| t.exit_code),
+        Some(137)
+    );
+}
+
+const GRACEFUL: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: graceful}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sleep", "3600"]
+    lifecycle:
+      preStop:
+        exec: {command: ["sleep", "30"]}
+"#;
+
+#[tokio::test]
+async fn a_prestop_hook_and_a_5s_grace_end_the_pod_in_5_to_7s() {
+    let c = cluster().await;
+    c.apply(GRACEFUL);
+    c.until("the pod is Running", || async {
+        pod(&c, "graceful")
+            .await
+            .and_then(|p| p.status?.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+    let started = Instant::now();
+    c.kubectl(&["delete", "pod", "graceful", "--wait=false"]);
+    c.until("the pod is gone", || async {
+        pod(&c, "graceful").await.is_none()
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took <= Duration::from_secs(7),
+        "the pod took {took:?} to end (want 5-7 s: preStop, then SIGKILL at the grace)\n{}",
+        c.agent.log_tail()
+    );
+}
+
+const SLEEPERS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: keeper}
+spec:
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: goner}
+spec:
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sleep", "3600"]
+"#;
+
+#[tokio::test]
+async fn a_killed_agent_comes_back_to_the_same_containers() {
+    let mut c = cluster().await;
+    c.apply(SLEEPERS);
+    c.until("both pods are Running", || async {
+        let mut running = 0;
+        for name in ["keeper", "goner"] {
+            if pod(&c, name).await.and_then(|p| p.status?.phase).as_deref() == Some("Running") {
+                running += 1;
+            }
+        }
+        running == 2
+    })
+    .await;
+    let runtime = skiff_node::runtime::Containerd::connect(c.containerd.address())
+        .await
+        .expect("connect");
+    let pids = |records: &[skiff_node::runtime::containers::ContainerRecord]| {
+        let mut v: Vec<(String, u32)> = records
+            .iter()
+            .filter_map(|r| match r.state {
+                skiff_node::runtime::containers::TaskState::Running { pid } => {
+                    Some((r.id.clone(), pid))
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = pids(&runtime.list_containers(&[]).await.expect("list"));
+    assert_eq!(before.len(), 2, "{before:?}");
+    let keeper_before = first_status(&pod(&c, "keeper").await.expect("keeper")).expect("status");
+
+    // kill -9 the agent; while it is away, force-delete one pod (as `kubectl delete --force`).
+    c.agent.kill9_and_restart().expect("restart the agent");
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "goner",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+
+    // The restarted agent keeps the survivor's container (same ID, PID, restart count) and
+    // removes the orphan's.
+    c.until("only the keeper's container is left", || async {
+        runtime
+            .list_containers(&[])
+            .await
+            .map(|l| l.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    let after = pids(&runtime.list_containers(&[]).await.expect("list"));
+    assert_eq!(after.len(), 1);
+    assert!(
+        before.contains(&after[0]),
+        "{after:?} was not running before: {before:?}"
+    );
+    // The agent is back at work: the node's Lease and the pod's status stay right.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let keeper = pod(&c, "keeper").await.expect("keeper");
+    let status = first_status(&keeper).expect("status");
+    assert_eq!(status.container_id, keeper_before.container_id);
+    assert_eq!(status.restart_count, keeper_before.restart_count);
+    assert!(status.ready);
+    assert_eq!(
+        keeper.status.and_then(|s| s.phase).as_deref(),
+        Some("Running")
+    );
 }

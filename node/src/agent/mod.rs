@@ -108,6 +108,10 @@ pub struct Args {
     /// How long the node's Lease lasts; it is renewed every quarter of that.
     #[arg(long, default_value_t = 40)]
     pub node_lease_duration_seconds: i32,
+    /// The pressure thresholds (kubelet's flag): `memory.available<100Mi,nodefs.available<10%,
+    /// pid.available<10%` by default; an empty value reports no pressure.
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,pid.available<10%", value_parser = node::Thresholds::parse)]
+    pub eviction_hard: node::Thresholds,
     /// How often the node's status is checked (and written when it changed).
     #[arg(long, default_value = "10s", value_parser = humantime_secs)]
     pub node_status_update_frequency: Duration,
@@ -204,6 +208,7 @@ pub async fn run(
     tracing::info!(node = %node_name, ip = %node_ip, "node registered");
     let health = node::Health::read(
         &args.root_dir,
+        &args.eviction_hard,
         Some("the pod network is not configured yet".into()),
         false,
     );
@@ -389,7 +394,7 @@ async fn report_status(
             Ok(_) => None,
             Err(e) => Some(format!("container runtime is down: {}", e.message())),
         };
-        let health = node::Health::read(&args.root_dir, not_ready, true);
+        let health = node::Health::read(&args.root_dir, &args.eviction_hard, not_ready, true);
         let due = match &last {
             Some((h, at)) => *h != health || at.elapsed() >= Duration::from_secs(60),
             None => true,

@@ -121,18 +121,84 @@ pub struct Health {
     pub network_ready: bool,
 }
 
-/// Kubelet's default hard eviction thresholds, as pressure signals.
-const MEMORY_AVAILABLE_MIN: u64 = 100 << 20;
-const DISK_AVAILABLE_MIN_PERCENT: u64 = 10;
-const PID_USED_MAX_PERCENT: u64 = 90;
+/// A threshold: an absolute quantity or a percentage of the total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threshold {
+    Bytes(u64),
+    Percent(u64),
+}
+
+impl Threshold {
+    /// Whether `available` of `total` is below the threshold.
+    fn below(self, available: u64, total: u64) -> bool {
+        match self {
+            Threshold::Bytes(b) => available < b,
+            Threshold::Percent(p) => {
+                total > 0 && available.saturating_mul(100) < p.saturating_mul(total)
+            }
+        }
+    }
+}
+
+/// Kubelet's `--eviction-hard` signals that decide the pressure conditions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Thresholds {
+    pub memory_available: Option<Threshold>,
+    pub nodefs_available: Option<Threshold>,
+    pub pid_available: Option<Threshold>,
+}
+
+impl Thresholds {
+    /// Parses `memory.available<100Mi,nodefs.available<10%,pid.available<10%`.
+    pub fn parse(s: &str) -> Result<Thresholds, String> {
+        let mut out = Thresholds::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, value) = part.split_once('<').ok_or_else(|| {
+                format!("{part:?}: want signal<quantity, like nodefs.available<10%")
+            })?;
+            let threshold = match value.strip_suffix('%') {
+                Some(p) => Threshold::Percent(
+                    p.parse::<u64>()
+                        .ok()
+                        .filter(|p| *p <= 100)
+                        .ok_or_else(|| format!("{part:?}: the percentage must be 0-100"))?,
+                ),
+                None => Threshold::Bytes(
+                    super::quantity::bytes(value)
+                        .map(|b| b as u64)
+                        .ok_or_else(|| format!("{part:?}: {value:?} is not a quantity"))?,
+                ),
+            };
+            match signal {
+                "memory.available" => out.memory_available = Some(threshold),
+                "nodefs.available" => out.nodefs_available = Some(threshold),
+                "pid.available" => out.pid_available = Some(threshold),
+                other => return Err(format!(
+                    "unknown signal {other:?} (memory.available, nodefs.available, pid.available)"
+                )),
+            }
+        }
+        Ok(out)
+    }
+}
 
 impl Health {
-    /// Reads the pressures (memory.available < 100Mi, nodefs.available < 10%, PIDs > 90%).
-    pub fn read(root: &Path, not_ready: Option<String>, network_ready: bool) -> Health {
-        let memory_pressure = meminfo("MemAvailable").is_some_and(|a| a < MEMORY_AVAILABLE_MIN);
-        let disk_pressure = filesystem(root).is_some_and(|(total, avail)| {
-            total > 0 && avail * 100 / total < DISK_AVAILABLE_MIN_PERCENT
+    /// Reads the pressures against `thresholds`.
+    pub fn read(
+        root: &Path,
+        thresholds: &Thresholds,
+        not_ready: Option<String>,
+        network_ready: bool,
+    ) -> Health {
+        let memory_pressure = thresholds.memory_available.is_some_and(|t| {
+            match (meminfo("MemAvailable"), meminfo("MemTotal")) {
+                (Some(a), Some(total)) => t.below(a, total),
+                _ => false,
+            }
         });
+        let disk_pressure = thresholds
+            .nodefs_available
+            .is_some_and(|t| filesystem(root).is_some_and(|(total, avail)| t.below(avail, total)));
         let pid_max: u64 = read_trimmed("/proc/sys/kernel/pid_max")
             .parse()
             .unwrap_or(0);
@@ -148,7 +214,9 @@ impl Health {
                     .count() as u64
             })
             .unwrap_or(0);
-        let pid_pressure = pid_max > 0 && pids * 100 / pid_max > PID_USED_MAX_PERCENT;
+        let pid_pressure = thresholds
+            .pid_available
+            .is_some_and(|t| pid_max > 0 && t.below(pid_max.saturating_sub(pids), pid_max));
         Health {
             memory_pressure,
             disk_pressure,
@@ -338,6 +406,23 @@ mod tests {
             machine_id: "m".into(),
             boot_id: "b".into(),
         }
+    }
+
+    #[test]
+    fn thresholds_parse_like_kubelet() {
+        let t = Thresholds::parse("memory.available<100Mi,nodefs.available<10%").unwrap();
+        assert_eq!(t.memory_available, Some(Threshold::Bytes(100 << 20)));
+        assert_eq!(t.nodefs_available, Some(Threshold::Percent(10)));
+        assert_eq!(t.pid_available, None);
+        assert_eq!(Thresholds::parse("").unwrap(), Thresholds::default());
+        assert!(Thresholds::parse("memory.available>1").is_err());
+        assert!(Thresholds::parse("nodefs.available<101%").is_err());
+        assert!(Thresholds::parse("cpu.available<1")
+            .unwrap_err()
+            .contains("unknown signal"));
+        assert!(Threshold::Percent(10).below(9, 100));
+        assert!(!Threshold::Percent(10).below(10, 100));
+        assert!(Threshold::Bytes(5).below(4, 0));
     }
 
     #[test]
