@@ -6,6 +6,7 @@
 //! (no containers), for testing the scheduler and controllers at cluster scale.
 
 pub mod hollow;
+pub mod logs;
 pub mod runtime;
 pub mod testing;
 

@@ -20,8 +20,21 @@ enum Command {
     Hollow(hollow::Args),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // containerd's shim starts `skiff-node` as a container's log driver with its arguments in
+    // no fixed order (see logs::driver), so that mode is recognised before clap parses.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if skiff_node::logs::driver::is_invoked(&args) {
+        std::process::exit(skiff_node::logs::driver::run(&args));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         None => anyhow::bail!(
             "skiff-node is not built yet: the node agent arrives with the node-agent step; \
