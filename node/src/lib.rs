@@ -8,6 +8,7 @@
 pub mod hollow;
 pub mod logs;
 pub mod runtime;
+pub mod server;
 pub mod testing;
 
 /// The directory under which the agent pins its eBPF objects.
