@@ -449,6 +449,21 @@ impl Session {
             stdout: None,
             stderr: None,
         };
+        // The shim opens the FIFOs when it starts the process.
+        let start = StartRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        };
+        if let Err(e) = containerd
+            .client()
+            .tasks()
+            .start(containerd.request(start))
+            .await
+        {
+            unblock(opens.iter().flatten().map(|(p, _)| p.as_path()));
+            session.delete(containerd).await;
+            return Err(e.message().to_string());
+        }
         let mut readers = Vec::new();
         for open in opens {
             let Some((p, handle)) = open else {
@@ -470,19 +485,6 @@ impl Session {
         let mut readers = readers.into_iter();
         session.stdout = readers.next().flatten();
         session.stderr = readers.next().flatten();
-        let start = StartRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-        };
-        if let Err(e) = containerd
-            .client()
-            .tasks()
-            .start(containerd.request(start))
-            .await
-        {
-            session.delete(containerd).await;
-            return Err(e.message().to_string());
-        }
         Ok(session)
     }
 
