@@ -241,7 +241,9 @@ fn spec(root: &Path, args: &[&str]) -> serde_json::Value {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
@@ -356,7 +358,6 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
         assert!(record.is_some(), "not a CRI record: {line:?}");
     }
 
-    eprintln!("step: The node API with mutual TLS");
     // The node API with mutual TLS.
     let pki = make_pki();
     let serving =
@@ -410,7 +411,6 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
     let (status, _) = get_all(addr, trusted.clone(), &format!("{logs_path}?tailLines=x")).await;
     assert_eq!(status, 400);
 
-    eprintln!("step: Follow");
     // Follow: "world" arrives two seconds after "hello", on the same response.
     let (status, mut rx) = get(addr, trusted.clone(), &format!("{logs_path}?follow=true")).await?;
     assert_eq!(status, 200);
@@ -425,7 +425,6 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
     assert!(followed.contains("hello\n"), "{followed:?}");
     drop(rx);
 
-    eprintln!("step: Exec");
     // Exec.
     let (out, err, status) = exec(
         addr,
@@ -436,7 +435,7 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
     .await?;
     assert_eq!((out.as_str(), err.as_str()), ("hi\n", ""), "{status}");
     assert_eq!(status["status"], "Success", "{status}");
-    let (out, _, _) = exec(
+    let (out, _, status) = exec(
         addr,
         trusted.clone(),
         "command=sh&command=-c&command=echo+%24GREETING&stdout=true",
@@ -445,7 +444,7 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
     .await?;
     assert_eq!(
         out, "from-spec\n",
-        "exec runs with the container's environment"
+        "exec runs with the container's environment: {status}"
     );
     let (_, err, status) = exec(
         addr,
@@ -485,7 +484,6 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
     .await?;
     assert_eq!(status["status"], "Failure", "{status}");
 
-    eprintln!("step: Nothing without a client");
     // Nothing without a client certificate from the cluster CA.
     let anonymous = client_config(&serving.cert_pem, None);
     let refused = match get(addr, anonymous, "/healthz").await {
@@ -503,7 +501,6 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
         "a certificate of another CA was accepted"
     );
 
-    eprintln!("step: Stop the container;");
     // Stop the container; a follower then ends on its own.
     let tasks = containerd.client().tasks();
     let (status, mut rx) = get(addr, trusted.clone(), &format!("{logs_path}?follow=true")).await?;

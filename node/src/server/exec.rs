@@ -7,7 +7,6 @@
 //! (environment, user, working directory), its arguments replaced; stdio goes through FIFOs
 //! this module creates, and a TTY when asked.
 
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,30 +231,14 @@ where
         Err(e) => Outcome::Failed(e),
         Ok(mut session) => {
             let mut pumps = Vec::new();
-            for (reader, channel) in [
-                (session.stdout.take(), STDOUT),
-                (session.stderr.take(), STDERR),
+            let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+            for (reader, channel, wanted) in [
+                (session.stdout.take(), STDOUT, exec.stdout),
+                (session.stderr.take(), STDERR, exec.stderr),
             ] {
-                let Some(mut reader) = reader else { continue };
-                let tx = out_tx.clone();
-                pumps.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 32 * 1024];
-                    buf[0] = channel;
-                    loop {
-                        match reader.read(&mut buf[1..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if tx
-                                    .send(Message::binary(buf[..n + 1].to_vec()))
-                                    .await
-                                    .is_err()
-                                {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }));
+                let Some(reader) = reader else { continue };
+                let tx = wanted.then(|| out_tx.clone());
+                pumps.push(tokio::spawn(pump(reader, channel, tx, drain_rx.clone())));
             }
             let containerd = node.containerd.clone();
             let mut wait = {
@@ -306,11 +289,13 @@ where
                 }
             };
             drop(stdin);
-            // Output the process wrote before exiting is still in the FIFOs.
+            // DeleteProcess returns once the shim has copied all output into the FIFOs; then
+            // the pumps take what is left and stop.
+            session.delete(&containerd).await;
+            let _ = drain_tx.send(true);
             for pump in pumps {
                 let _ = tokio::time::timeout(IO_TIMEOUT, pump).await;
             }
-            session.delete(&containerd).await;
             match result {
                 Ok(Ok(code)) => Outcome::Exited(code),
                 Ok(Err(e)) => {
@@ -327,6 +312,49 @@ where
     let _ = out_tx.send(Message::Close(None)).await;
     drop(out_tx);
     let _ = tokio::time::timeout(IO_TIMEOUT, writer).await;
+}
+
+/// Copies one output FIFO to its channel (or nowhere, when the client did not ask for it) until
+/// told to drain: then reads what is left and ends.
+async fn pump(
+    mut reader: tokio::net::unix::pipe::Receiver,
+    channel: u8,
+    tx: Option<tokio::sync::mpsc::Sender<Message>>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    buf[0] = channel;
+    let mut draining = false;
+    loop {
+        let n = if draining {
+            match reader.try_read(&mut buf[1..]) {
+                Ok(n) => n,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                read = reader.read(&mut buf[1..]) => match read {
+                    Ok(n) => n,
+                    Err(_) => return,
+                },
+                _ = drain.wait_for(|d| *d) => {
+                    draining = true;
+                    continue;
+                }
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let Some(tx) = &tx else { continue };
+        if tx
+            .send(Message::binary(buf[..n + 1].to_vec()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// A started exec process and its stdio.
@@ -381,25 +409,26 @@ impl Session {
         std::fs::create_dir_all(fifo_dir)
             .map_err(|e| format!("cannot create {}: {e}", fifo_dir.display()))?;
         let path = |name: &str| fifo_dir.join(name);
-        let mut opens = Vec::new();
-        for (wanted, name) in [(exec.stdout, "stdout"), (exec.stderr, "stderr")] {
+        // Read ends open (read-write, so neither side waits) before the shim opens its write
+        // ends: output written before we read is never dropped with the last opener. Such a
+        // FIFO never reports end of file; the session drains it once the shim has finished
+        // copying (DeleteProcess waits for that).
+        let mut readers = Vec::new();
+        // The shim needs every output it may write to (stderr unless there is a TTY), even
+        // those the client did not ask for; their pumps discard them.
+        for (wanted, name) in [(true, "stdout"), (!exec.tty, "stderr")] {
             if !wanted {
-                opens.push(None);
+                readers.push(None);
                 continue;
             }
             let p = path(name);
             mkfifo(&p)?;
-            // The shim opens its end during Exec; a blocking open waits for it, and then end
-            // of file means the process's output is closed.
-            opens.push(Some((
-                p.clone(),
-                tokio::task::spawn_blocking(move || {
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_CLOEXEC)
-                        .open(&p)
-                }),
-            )));
+            readers.push(Some(
+                tokio::net::unix::pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_receiver(&p)
+                    .map_err(|e| format!("cannot open {}: {e}", p.display()))?,
+            ));
         }
         let stdin = if exec.stdin {
             let p = path("stdin");
@@ -425,8 +454,8 @@ impl Session {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
             stdin: fifo(exec.stdin, "stdin"),
-            stdout: fifo(exec.stdout, "stdout"),
-            stderr: fifo(exec.stderr, "stderr"),
+            stdout: fifo(true, "stdout"),
+            stderr: fifo(!exec.tty, "stderr"),
             terminal: exec.tty,
             spec: Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
@@ -439,7 +468,6 @@ impl Session {
             .exec(containerd.request(request))
             .await
         {
-            unblock(opens.iter().flatten().map(|(p, _)| p.as_path()));
             return Err(format!("cannot exec in container {id}: {}", e.message()));
         }
         let mut session = Session {
@@ -460,27 +488,8 @@ impl Session {
             .start(containerd.request(start))
             .await
         {
-            unblock(opens.iter().flatten().map(|(p, _)| p.as_path()));
             session.delete(containerd).await;
             return Err(e.message().to_string());
-        }
-        let mut readers = Vec::new();
-        for open in opens {
-            let Some((p, handle)) = open else {
-                readers.push(None);
-                continue;
-            };
-            let file = match tokio::time::timeout(IO_TIMEOUT, handle).await {
-                Ok(Ok(Ok(f))) => f,
-                _ => {
-                    unblock([p.as_path()]);
-                    session.delete(containerd).await;
-                    return Err(format!("the shim did not open {}", p.display()));
-                }
-            };
-            let receiver = tokio::net::unix::pipe::Receiver::from_file(file)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            readers.push(Some(receiver));
         }
         let mut readers = readers.into_iter();
         session.stdout = readers.next().flatten();
@@ -548,17 +557,6 @@ impl Session {
             .tasks()
             .delete_process(containerd.request(request))
             .await;
-    }
-}
-
-/// When Exec failed before the shim opened the FIFOs: opens their write ends so the blocked
-/// reader opens return.
-fn unblock<'a>(paths: impl IntoIterator<Item = &'a Path>) {
-    for p in paths {
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(p);
     }
 }
 
