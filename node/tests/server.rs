@@ -501,6 +501,10 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
         "a certificate of another CA was accepted"
     );
 
+    // The whole path: a real skiff-master proxies kubectl's logs and exec to a node server that
+    // trusts the master's cluster CA.
+    through_the_master(&containerd, &dir, &pod_logs).await?;
+
     // Stop the container; a follower then ends on its own.
     let tasks = containerd.client().tasks();
     let (status, mut rx) = get(addr, trusted.clone(), &format!("{logs_path}?follow=true")).await?;
@@ -545,6 +549,141 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
         .await?;
     // Deleted: its PID is no longer ours to signal.
     guard.pid = 0;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+/// The skiff-master binary of this workspace's build (beside this test's directory).
+fn master_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let debug = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target directory")?;
+    let master = debug.join("skiff-master");
+    anyhow::ensure!(
+        master.exists(),
+        "{} is missing: build it first (cargo build -p skiff-master)",
+        master.display()
+    );
+    // A copy: the shared target directory's binary may be rebuilt while the test runs.
+    let copy = std::env::temp_dir().join(format!("skiff-master-{}", std::process::id()));
+    std::fs::copy(&master, &copy)?;
+    Ok(copy)
+}
+
+async fn through_the_master(
+    containerd: &Containerd,
+    dir: &Path,
+    pod_logs: &Path,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Node as NodeObject, Pod};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let binary = master_binary()?;
+    let master = skiff_master::testing::Master::start(&binary, None, &[]);
+    let _ = std::fs::remove_file(&binary);
+    let master = master?;
+    let client = master.client().await?;
+
+    // The node server, trusting the cluster CA from the kubeconfig, as the agent does.
+    let ca = tls::cluster_ca_from_kubeconfig(&master.kubeconfig)?;
+    let serving =
+        tls::load_or_create_serving_cert(&dir.join("pki2"), "localhost", &["127.0.0.1".parse()?])?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let node = Arc::new(Node {
+        containerd: containerd.clone(),
+        pod_logs_dir: pod_logs.to_path_buf(),
+        fifo_dir: dir.join("exec2"),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(
+        listener,
+        tls::server_config(&serving, &ca)?,
+        node,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let nodes: Api<NodeObject> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}
+            }))?,
+        )
+        .await?;
+    nodes
+        .patch_status(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }})),
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": POD},
+            "spec": {"nodeName": "node-a", "containers": [{"name": CONTAINER, "image": "busybox"}]}
+        }))?,
+    )
+    .await?;
+
+    let run = |args: &[&str]| -> anyhow::Result<(i32, String, String)> {
+        let out = master.kubectl(args)?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, out, err) = run(&["logs", POD, "--tail=5"])?;
+    assert_eq!(code, 0, "kubectl logs: {err}");
+    assert!(
+        out.contains("hello\n") && out.contains("world\n"),
+        "kubectl logs: {out:?}"
+    );
+    let (code, out, err) = run(&["logs", POD, "-c", "nope"])?;
+    assert_ne!(code, 0);
+    assert!(err.contains("container nope is not valid"), "{out} {err}");
+    let (code, out, err) = run(&["exec", POD, "--", "echo", "hi"])?;
+    assert_eq!((code, out.as_str()), (0, "hi\n"), "kubectl exec: {err}");
+    let (code, _, err) = run(&["exec", POD, "--", "sh", "-c", "exit 3"])?;
+    assert_eq!(code, 3, "kubectl exec exit code: {err}");
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&master.kubeconfig)
+        .args(["exec", "-i", POD, "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"through the master\n")?;
+            child.wait_with_output()
+        })?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through the master\n",
+        "kubectl exec -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(())
