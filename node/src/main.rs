@@ -23,7 +23,10 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     // containerd's shim starts `skiff-node` as a container's log driver with its arguments in
     // no fixed order (see logs::driver), so that mode is recognised before clap parses.
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if skiff_node::logs::driver::is_invoked(&args) {
         std::process::exit(skiff_node::logs::driver::run(&args));
     }

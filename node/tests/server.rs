@@ -653,6 +653,7 @@ async fn through_the_master(
         out.contains("hello\n") && out.contains("world\n"),
         "kubectl logs: {out:?}"
     );
+    follow_with_kubectl(&master.kubeconfig)?;
     let (code, out, err) = run(&["logs", POD, "-c", "nope"])?;
     assert_ne!(code, 0);
     assert!(err.contains("container nope is not valid"), "{out} {err}");
@@ -686,5 +687,50 @@ async fn through_the_master(
 
     let _ = stop_tx.send(());
     let _ = server.await;
+    Ok(())
+}
+
+/// `kubectl logs -f` streams through the master: the records already written arrive while the
+/// container still runs (it sleeps), then kubectl is stopped (by its PID).
+fn follow_with_kubectl(kubeconfig: &Path) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["logs", "-f", POD])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("kubectl stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("world\n") {
+                let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+                return;
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(20));
+    // Still following (the container runs): kubectl has not exited on its own.
+    let still_running = child.try_wait()?.is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen.context("kubectl logs -f printed nothing in 20 s")?;
+    assert!(
+        seen.contains("hello\n") && seen.contains("world\n"),
+        "{seen:?}"
+    );
+    assert!(
+        still_running,
+        "kubectl logs -f ended while the container runs"
+    );
     Ok(())
 }
