@@ -252,7 +252,7 @@ fn spec(root: &Path, args: &[&str]) -> serde_json::Value {
     })
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let daemon = skiff_node::testing::Containerd::start()?;

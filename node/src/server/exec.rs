@@ -309,7 +309,12 @@ where
     let mut message = vec![ERROR];
     message.extend_from_slice(status_json(&exec.command, &outcome).as_bytes());
     let _ = out_tx.send(Message::binary(message)).await;
-    let _ = out_tx.send(Message::Close(None)).await;
+    // A normal closure (1000): clients such as client-go take anything else as an error.
+    let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = out_tx.send(Message::Close(Some(close))).await;
     drop(out_tx);
     let _ = tokio::time::timeout(IO_TIMEOUT, writer).await;
 }
