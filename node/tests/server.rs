@@ -654,6 +654,24 @@ async fn through_the_master(
         "kubectl logs: {out:?}"
     );
     follow_with_kubectl(&master.kubeconfig)?;
+    let (code, _, err) = run(&["logs", "no-such-pod"])?;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "unbound"},
+            "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox"}]}
+        }))?,
+    )
+    .await?;
+    let (code, _, err) = run(&["logs", "unbound"])?;
+    assert_ne!(code, 0);
+    assert!(err.contains("does not have a host assigned"), "{err}");
     let (code, out, err) = run(&["logs", POD, "-c", "nope"])?;
     assert_ne!(code, 0);
     assert!(err.contains("container nope is not valid"), "{out} {err}");
