@@ -413,6 +413,12 @@ impl Session {
 
         std::fs::create_dir_all(fifo_dir)
             .map_err(|e| format!("cannot create {}: {e}", fifo_dir.display()))?;
+        // The FIFOs carry the session's input and output: only root may open them.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(fifo_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot restrict {}: {e}", fifo_dir.display()))?;
+        }
         let path = |name: &str| fifo_dir.join(name);
         // Read ends open (read-write, so neither side waits) before the shim opens its write
         // ends: output written before we read is never dropped with the last opener. Such a
