@@ -8,7 +8,9 @@
 pub mod agent;
 pub mod hollow;
 pub mod network;
+pub mod logs;
 pub mod runtime;
+pub mod server;
 pub mod testing;
 
 /// The directory under which the agent pins its eBPF objects.

@@ -25,8 +25,24 @@ enum Command {
     Image(skiff_node::runtime::images::cli::Args),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // containerd's shim starts `skiff-node` as a container's log driver with its arguments in
+    // no fixed order (see logs::driver), so that mode is recognised before clap parses.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if skiff_node::logs::driver::is_invoked(&args) {
+        std::process::exit(skiff_node::logs::driver::run(&args));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         None => anyhow::bail!(
             "say what to run: `skiff-node run` (the node agent; --help lists its flags) or \

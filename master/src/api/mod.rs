@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod patch_meta;
 pub mod pki;
 pub mod propagation;
+pub mod proxy;
 pub mod resources;
 pub mod selectors;
 pub mod smp;
@@ -146,6 +147,10 @@ async fn route(
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return not_found(&path),
     };
+    if let (true, Some((ns, name, sub))) = (group.is_empty(), proxy::matches(rest)) {
+        let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
+        return proxy::handle(state, &ns, &name, &sub, request).await;
+    }
     if rest.is_empty() {
         return discovery::resource_list(group, version)
             .map(IntoResponse::into_response)

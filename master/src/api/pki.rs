@@ -40,6 +40,10 @@ pub const SERVER_CERT_FILE: &str = "apiserver.crt";
 pub const SERVER_KEY_FILE: &str = "apiserver.key";
 /// The admin bearer token, one line.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The client certificate the API server presents to node agents (`pods/log`, `pods/exec`).
+pub const KUBELET_CLIENT_CERT_FILE: &str = "apiserver-kubelet-client.crt";
+/// Its private key.
+pub const KUBELET_CLIENT_KEY_FILE: &str = "apiserver-kubelet-client.key";
 
 /// Names the serving certificate always covers, besides the hosts the caller asks for: loopback
 /// and the in-cluster names of the `kubernetes` Service. The Service's IP (10.96.0.1 by default)
@@ -148,6 +152,11 @@ pub struct Pki {
     pub server_key_pem: String,
     /// The admin bearer token (`admin.token`): 32 random bytes, hex.
     pub admin_token: String,
+    /// The client certificate for node agents (`apiserver-kubelet-client.crt`; CN
+    /// `kube-apiserver-kubelet-client`, O `system:masters`), signed by the CA.
+    pub kubelet_client_cert_pem: String,
+    /// Its PKCS#8 private key (`apiserver-kubelet-client.key`).
+    pub kubelet_client_key_pem: String,
     dir: PathBuf,
 }
 
@@ -159,6 +168,8 @@ impl fmt::Debug for Pki {
             .field("server_cert_pem", &self.server_cert_pem)
             .field("server_key_pem", &"[redacted]")
             .field("admin_token", &"[redacted]")
+            .field("kubelet_client_cert_pem", &self.kubelet_client_cert_pem)
+            .field("kubelet_client_key_pem", &"[redacted]")
             .finish()
     }
 }
@@ -183,11 +194,15 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
     let ca = load_or_create_ca(dir, now)?;
     let admin_token = load_or_create_token(dir)?;
     let (server_cert_pem, server_key_pem) = load_or_issue_server_cert(dir, &ca, &wanted, now)?;
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) =
+        load_or_issue_kubelet_client_cert(dir, &ca, now)?;
     Ok(Pki {
         ca_cert_pem: ca.cert_pem,
         server_cert_pem,
         server_key_pem,
         admin_token,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
         dir: dir.to_path_buf(),
     })
 }
@@ -550,6 +565,56 @@ fn load_or_issue_server_cert(
     let (cert_pem, key_pem) = issue_server_cert(ca, wanted, now, SERVER_VALIDITY)?;
     // Key then certificate: after a crash in between they do not match, and the next start
     // issues both again.
+    write_atomic(&key_path, key_pem.as_bytes(), PRIVATE_FILE_MODE)?;
+    write_atomic(&cert_path, cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
+    Ok((cert_pem, key_pem))
+}
+
+/// Loads the kubelet client certificate, or issues it when it is missing, expires within 30
+/// days or was not signed by the current CA.
+fn load_or_issue_kubelet_client_cert(
+    dir: &Path,
+    ca: &Ca,
+    now: OffsetDateTime,
+) -> Result<(String, String), PkiError> {
+    let cert_path = dir.join(KUBELET_CLIENT_CERT_FILE);
+    let key_path = dir.join(KUBELET_CLIENT_KEY_FILE);
+    if let (Some(cert_bytes), Some(key_bytes)) =
+        (read_optional(&cert_path)?, read_optional(&key_path)?)
+    {
+        let cert_der = parse_cert_pem(&cert_path, &cert_bytes)?;
+        let cert = parse_x509(&cert_path, &cert_der)?;
+        let ca_cert = parse_x509(&ca.cert_path, &ca.cert_der)?;
+        let fresh = cert.validity().not_after.timestamp() > (now + RENEW_BEFORE).unix_timestamp();
+        let ours = cert.verify_signature(Some(ca_cert.public_key())).is_ok();
+        if let (true, true, Ok(cert_pem), Ok(key_pem)) = (
+            fresh,
+            ours,
+            String::from_utf8(cert_bytes),
+            String::from_utf8(key_bytes),
+        ) {
+            return Ok((cert_pem, key_pem));
+        }
+    }
+    tracing::info!(path = %cert_path.display(), "issuing the api server's kubelet client certificate");
+    let generate = |what| move |source| PkiError::Generate { what, source };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(generate("the kubelet client key"))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name("kube-apiserver-kubelet-client");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - BACKDATE;
+    params.not_after = now + SERVER_VALIDITY;
+    let cert = params
+        .signed_by(&key, &ca.issuer()?)
+        .map_err(generate("the kubelet client certificate"))?;
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
     write_atomic(&key_path, key_pem.as_bytes(), PRIVATE_FILE_MODE)?;
     write_atomic(&cert_path, cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
     Ok((cert_pem, key_pem))
