@@ -539,3 +539,89 @@ async fn a_killed_agent_comes_back_to_the_same_containers() {
         Some("Running")
     );
 }
+
+const TALKER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "echo one; echo two >&2; i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_and_exec_reach_the_container() {
+    let c = cluster().await;
+    c.apply(TALKER);
+    c.until("the talker is Running", || async {
+        pod(&c, "talker")
+            .await
+            .and_then(|p| p.status?.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+    c.until("its first lines are logged", || async {
+        let out = c.master.kubectl(&["logs", "talker"]).expect("kubectl logs");
+        String::from_utf8_lossy(&out.stdout).contains("tick 1")
+    })
+    .await;
+    let logs = c.kubectl(&["logs", "talker"]);
+    let lines: Vec<&str> = logs.lines().collect();
+    // stdout and stderr are separate pipes: their first lines may come in either order.
+    let mut first: Vec<&str> = lines[..2].to_vec();
+    first.sort();
+    assert_eq!(first, ["one", "two"], "{logs}");
+    let tail = c.kubectl(&["logs", "talker", "--tail=1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.starts_with("tick "), "{tail}");
+
+    // -f keeps streaming new lines.
+    let mut follow = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.master.kubeconfig)
+        .args(["logs", "-f", "talker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let stdout = follow.stdout.take().expect("stdout");
+    let seen = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        let mut ticks = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("tick ") {
+                ticks.push(line);
+            }
+            if ticks.len() >= 4 {
+                break;
+            }
+        }
+        ticks
+    });
+    let ticks = tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .expect("four ticks within 30 s")
+        .expect("reader");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let numbers: Vec<u32> = ticks
+        .iter()
+        .filter_map(|t| t.trim_start_matches("tick ").parse().ok())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+
+    // exec runs in the pod: its hostname, its exit code.
+    let hostname = c.kubectl(&["exec", "talker", "--", "hostname"]);
+    assert_eq!(hostname.trim(), "talker");
+    let out = c
+        .master
+        .kubectl(&["exec", "talker", "--", "sh", "-c", "exit 3"])
+        .expect("kubectl exec");
+    assert_eq!(out.status.code(), Some(3));
+}

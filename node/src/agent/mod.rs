@@ -261,6 +261,7 @@ pub async fn run(
     tracing::info!(%pod_cidr, cni = %cni.name(), "pod network ready");
     let network: Arc<dyn PodNetworking> = Arc::new(CniNetworking::new(cni));
 
+    let server_task = start_server(&args, &node_name, node_ip, &runtime).await?;
     let exe = std::env::current_exe().context("cannot find the skiff-node binary")?;
     let deps = Arc::new(Deps {
         client: client.clone(),
@@ -286,6 +287,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("stopping; running containers are left as they are");
     manager.abort();
+    server_task.abort();
     status_task.abort();
     lease_task.abort();
     Ok(())
@@ -305,10 +307,49 @@ fn cni_bin_dirs(configured: &[PathBuf]) -> Vec<PathBuf> {
     dirs
 }
 
-/// Until the node API server arrives with its log driver, a container's output goes straight
-/// to its log file.
-fn log_uri_fn(_exe: PathBuf) -> Box<dyn Fn(&Path) -> String + Send + Sync> {
-    Box::new(|path: &Path| format!("file://{}", path.display()))
+/// A container's output goes to `skiff-node log-driver`, which the runc shim starts per
+/// container (so logging outlives the agent) and which writes CRI-format files with rotation.
+fn log_uri_fn(exe: PathBuf) -> Box<dyn Fn(&Path) -> String + Send + Sync> {
+    let limits = crate::logs::LogLimits::default();
+    Box::new(move |path: &Path| crate::logs::log_uri(&exe, path, &limits))
+}
+
+/// The node's HTTPS API (logs, exec) on `--port`: a self-signed serving certificate kept under
+/// the root directory, client certificates required from the cluster's CA.
+async fn start_server(
+    args: &Args,
+    node_name: &str,
+    node_ip: IpAddr,
+    runtime: &Containerd,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use crate::server::{self, tls};
+    let cert = tls::load_or_create_serving_cert(&args.root_dir.join("pki"), node_name, &[node_ip])
+        .context("cannot set up the node API's serving certificate")?;
+    let ca = tls::cluster_ca_from_kubeconfig(&args.kubeconfig)
+        .context("the node API needs the cluster CA from the kubeconfig")?;
+    let config = tls::server_config(&cert, &ca).context("cannot configure the node API's TLS")?;
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], args.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the node API (--port)"))?;
+    let fifo_dir = args.root_dir.join("exec");
+    std::fs::create_dir_all(&fifo_dir)?;
+    std::fs::set_permissions(
+        &fifo_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let node = Arc::new(server::Node {
+        containerd: runtime.clone(),
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        fifo_dir,
+    });
+    tracing::info!(%addr, "serving the node API");
+    Ok(tokio::spawn(server::serve(
+        listener,
+        config,
+        node,
+        std::future::pending(),
+    )))
 }
 
 /// Waits for the master's node IPAM to give the node a `spec.podCIDR` (or uses `--pod-cidr`).

@@ -173,9 +173,11 @@ impl Thresholds {
                 "memory.available" => out.memory_available = Some(threshold),
                 "nodefs.available" => out.nodefs_available = Some(threshold),
                 "pid.available" => out.pid_available = Some(threshold),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown signal {other:?} (memory.available, nodefs.available, pid.available)"
-                )),
+                ))
+                }
             }
         }
         Ok(out)

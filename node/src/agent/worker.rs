@@ -732,16 +732,14 @@ impl Worker {
 
     /// `<pod-logs-dir>/<namespace>_<name>_<uid>/<container>/<restart>.log`
     fn log_path(&self, container: &str, restart: i32) -> PathBuf {
-        self.deps
-            .pod_logs_dir
-            .join(format!(
-                "{}_{}_{}",
-                self.pod.metadata.namespace.as_deref().unwrap_or(""),
-                self.pod.metadata.name.as_deref().unwrap_or(""),
-                self.uid
-            ))
-            .join(container)
-            .join(format!("{restart}.log"))
+        crate::logs::container_log_path(
+            &self.deps.pod_logs_dir,
+            self.pod.metadata.namespace.as_deref().unwrap_or(""),
+            self.pod.metadata.name.as_deref().unwrap_or(""),
+            &self.uid,
+            container,
+            restart.max(0) as u32,
+        )
     }
 
     fn build_spec(
@@ -1301,6 +1299,18 @@ impl Worker {
                 if let Err(e) = self.deps.runtime.remove_container(&c.id).await {
                     tracing::warn!(container = %c.id, error = %format!("{e:#}"), "cannot remove container");
                 }
+            }
+        }
+        // The pod's logs go with it, as kubelet's do.
+        let logs = crate::logs::pod_log_dir(
+            &self.deps.pod_logs_dir,
+            self.pod.metadata.namespace.as_deref().unwrap_or(""),
+            self.pod.metadata.name.as_deref().unwrap_or(""),
+            &self.uid,
+        );
+        if let Err(e) = std::fs::remove_dir_all(&logs) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %logs.display(), error = %e, "cannot remove the pod's logs");
             }
         }
         if let Err(e) = volumes::remove_pod_dir(&volumes::pod_dir(&self.deps.root, &self.uid)) {
