@@ -104,8 +104,8 @@ impl Containerd {
 }
 
 impl Containerd {
-    /// Kills every task in every namespace of this containerd (SIGKILL) and deletes them, so
-    /// a failed test leaves no container running behind it.
+    /// Kills every task in every namespace of this containerd (SIGKILL) and deletes them, and
+    /// removes the network namespaces of their pods, so a test leaves nothing running behind.
     fn kill_all_tasks(&self) {
         let address = self.address.clone();
         let worker = std::thread::spawn(move || {
@@ -138,6 +138,11 @@ impl Containerd {
                         let _ = rt.signal(&r.id, libc::SIGKILL as u32, true).await;
                         let _ = tokio::time::timeout(Duration::from_secs(5), rt.wait(&r.id)).await;
                         let _ = rt.remove_container(&r.id).await;
+                        // The agent names each pod's network namespace after the pod's UID.
+                        let uid = r.label(crate::runtime::containers::POD_UID_LABEL);
+                        if !uid.is_empty() {
+                            let _ = crate::network::remove_netns(&format!("skiff-{uid}"));
+                        }
                     }
                 }
             });
