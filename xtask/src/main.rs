@@ -1,7 +1,8 @@
 //! `cargo xtask`: what cargo cannot do alone. Every command that needs system packages runs
 //! `cluster/install-deps.sh` first (quick when all is there), so each works on a fresh machine.
 //!
-//!   cargo xtask up            install, build, start skiff-master on the embedded store
+//!   cargo xtask up            install, build, start a single-node cluster (containerd, skiff-master,
+//!                             skiff-node) in the foreground
 //!   cargo xtask test          install, then the whole test suite on one release build
 //!   cargo xtask bench         list the benchmarks
 //!   cargo xtask bench store   the store benchmark (both backends; starts its own etcd)
@@ -23,6 +24,8 @@ use clap::{Parser, Subcommand, ValueEnum as _};
 #[path = "../../node/src/runtime/images/busybox.rs"]
 mod busybox;
 
+mod up;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -34,7 +37,9 @@ struct Cli {
 enum Cmd {
     /// Install the system packages and tools Skiff needs (Debian 12, as root).
     InstallDeps,
-    /// Install, build and start skiff-master in the foreground.
+    /// Install, build and start a single-node cluster in the foreground: containerd (the
+    /// system's, or one of Skiff's own), skiff-master on the embedded store, and skiff-node with
+    /// the busybox test image imported. Ctrl-C stops what it started.
     Up {
         /// The master's data directory.
         #[arg(long, default_value = "/var/lib/skiff")]
@@ -118,17 +123,15 @@ fn main() -> anyhow::Result<()> {
             master_args,
         } => {
             install_deps(&root)?;
-            cargo(&["build", "--release", "--package", "skiff-master"])?;
-            let master = root.join("target/release/skiff-master");
-            println!(
-                "starting {} --data-dir {}",
-                master.display(),
-                data_dir.display()
-            );
-            run(Command::new(master)
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .args(&master_args))
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "skiff-master",
+                "--package",
+                "skiff-node",
+            ])?;
+            up::run(&root, &data_dir, &master_args)
         }
         Cmd::Test { args } => {
             install_deps(&root)?;
