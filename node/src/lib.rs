@@ -7,8 +7,8 @@
 
 pub mod agent;
 pub mod hollow;
-pub mod network;
 pub mod logs;
+pub mod network;
 pub mod runtime;
 pub mod server;
 pub mod testing;

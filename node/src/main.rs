@@ -17,7 +17,7 @@ struct Cli {
 enum Command {
     /// Run the node agent: register this machine as a Node and run the pods bound to it on
     /// containerd.
-    Run(agent::Args),
+    Run(Box<agent::Args>),
     /// Fake N nodes purely over the Kubernetes API (no containers), like kubemark or KWOK:
     /// register them, renew their leases, and take their pods through Running to completion.
     Hollow(hollow::Args),
@@ -51,7 +51,7 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::Run(args)) => {
             init_tracing(hollow::LogFormat::Text);
             let _ = rustls::crypto::ring::default_provider().install_default();
-            agent::run(args, shutdown_signal())
+            agent::run(*args, shutdown_signal())
                 .await
                 .context("skiff-node failed")
         }

@@ -108,6 +108,14 @@ pub struct Args {
     /// How long the node's Lease lasts; it is renewed every quarter of that.
     #[arg(long, default_value_t = 40)]
     pub node_lease_duration_seconds: i32,
+    /// OCI image archives (`*.tar`) imported into containerd at start, like k3s's
+    /// `agent/images` (a missing directory imports nothing).
+    #[arg(
+        long,
+        env = "SKIFF_IMAGE_PRELOAD_DIR",
+        default_value = "/var/lib/skiff-node/images"
+    )]
+    pub image_preload_dir: PathBuf,
     /// The pressure thresholds (kubelet's flag): `memory.available<100Mi,nodefs.available<10%,
     /// pid.available<10%` by default; an empty value reports no pressure.
     #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,pid.available<10%", value_parser = node::Thresholds::parse)]
@@ -193,6 +201,13 @@ pub async fn run(
         .with_context(|| format!("cannot reach the master with {}", args.kubeconfig.display()))?;
     let runtime = Containerd::connect(&args.containerd_address).await?;
     let runtime_version = runtime_version(&runtime).await;
+    match crate::runtime::images::import_dir(&runtime, &args.image_preload_dir).await {
+        Ok(names) if !names.is_empty() => tracing::info!(?names, "preloaded images"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(dir = %args.image_preload_dir.display(), error = %e, "cannot preload images")
+        }
+    }
     let machine = node::Machine::read(&args.root_dir);
 
     // Register (or take over) the Node, then learn its pod range.
@@ -284,9 +299,11 @@ pub async fn run(
         runtime_version,
     ));
     let manager = tokio::spawn(manage_pods(deps));
+    let routes_task = tokio::spawn(route_to_other_nodes(nodes.clone(), node_name.clone()));
     shutdown.await;
     tracing::info!("stopping; running containers are left as they are");
     manager.abort();
+    routes_task.abort();
     server_task.abort();
     status_task.abort();
     lease_task.abort();
@@ -464,6 +481,48 @@ async fn report_status(
     }
 }
 
+/// Every 10 s: a route to each other node's `podCIDR` via its InternalIP, stale ones removed.
+/// A node that has never had a peer leaves the routing table alone.
+async fn route_to_other_nodes(nodes: Api<Node>, me: String) {
+    let mut had_routes = false;
+    loop {
+        match nodes.list(&Default::default()).await {
+            Ok(list) => {
+                let routes: Vec<(ipnet::IpNet, IpAddr)> = list
+                    .items
+                    .iter()
+                    .filter(|n| n.metadata.name.as_deref() != Some(me.as_str()))
+                    .filter_map(peer_route)
+                    .collect();
+                if !routes.is_empty() || had_routes {
+                    match network::sync_node_routes(&routes).await {
+                        Ok(()) => had_routes = !routes.is_empty(),
+                        Err(e) => tracing::warn!(error = %e, "cannot sync routes to other nodes"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list nodes for pod routes"),
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// (podCIDR, InternalIP) of a node that has both.
+fn peer_route(node: &Node) -> Option<(ipnet::IpNet, IpAddr)> {
+    let cidr = node.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
+    let ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")?
+        .address
+        .parse()
+        .ok()?;
+    Some((cidr, ip))
+}
+
 /// A running worker.
 struct Running {
     tx: mpsc::Sender<worker::Msg>,
@@ -578,4 +637,60 @@ async fn remove_orphan(deps: &Deps, uid: &str, records: &[ContainerRecord]) {
 /// Labels of a Node, for tests and tools.
 pub fn node_labels(node: &Node) -> BTreeMap<String, String> {
     node.metadata.labels.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+
+    fn node(cidr: Option<&str>, ip: Option<&str>) -> Node {
+        Node {
+            spec: Some(NodeSpec {
+                pod_cidr: cidr.map(str::to_string),
+                ..NodeSpec::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: ip.map(|ip| {
+                    vec![
+                        NodeAddress {
+                            type_: "Hostname".into(),
+                            address: "n2".into(),
+                        },
+                        NodeAddress {
+                            type_: "InternalIP".into(),
+                            address: ip.into(),
+                        },
+                    ]
+                }),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn peers_need_a_pod_cidr_and_an_internal_ip() {
+        assert_eq!(
+            peer_route(&node(Some("10.244.1.0/24"), Some("192.168.0.2"))),
+            Some((
+                "10.244.1.0/24".parse().unwrap(),
+                "192.168.0.2".parse().unwrap()
+            ))
+        );
+        assert_eq!(peer_route(&node(None, Some("192.168.0.2"))), None);
+        assert_eq!(peer_route(&node(Some("10.244.1.0/24"), None)), None);
+        assert_eq!(
+            peer_route(&node(Some("nonsense"), Some("192.168.0.2"))),
+            None
+        );
+    }
+
+    #[test]
+    fn durations_parse_in_seconds() {
+        assert_eq!(humantime_secs("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(humantime_secs("0.5"), Ok(Duration::from_millis(500)));
+        assert!(humantime_secs("0s").is_err());
+        assert!(humantime_secs("soon").is_err());
+    }
 }
