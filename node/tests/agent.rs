@@ -23,6 +23,12 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_joined(false).await
+}
+
+/// A cluster whose node joins with `--server`, `--token` and `--certificate-authority` (the
+/// master's `pki/admin.token` and `pki/ca.crt`) when `by_token`, else with the kubeconfig.
+async fn cluster_joined(by_token: bool) -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let lab = NodeLab::new();
     let containerd = TestContainerd::start().expect("containerd");
@@ -42,13 +48,29 @@ async fn cluster() -> Cluster {
         &master_args,
     )
     .expect("master");
+    let pki = master.dir().join("pki");
+    let token = std::fs::read_to_string(pki.join("admin.token")).unwrap_or_default();
+    let ca = pki.join("ca.crt").display().to_string();
+    let join: Vec<&str> = if by_token {
+        vec![
+            "--server",
+            &master.url,
+            "--token",
+            token.trim(),
+            "--certificate-authority",
+            &ca,
+        ]
+    } else {
+        Vec::new()
+    };
     let agent = Agent::start(
         env!("CARGO_BIN_EXE_skiff-node").as_ref(),
+        // With --server, the agent writes its own kubeconfig and ignores this one.
         &master.kubeconfig,
         &containerd,
         &lab,
         "n1",
-        &[],
+        &join,
     )
     .expect("agent");
     let client = master.client().await.expect("client");
@@ -554,7 +576,14 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_and_exec_reach_the_container() {
-    let c = cluster().await;
+    // This node joins with --server and --token rather than a kubeconfig.
+    let c = cluster_joined(true).await;
+    let joined = c.containerd.dir().join("n1/root/kubeconfig");
+    assert!(
+        joined.exists(),
+        "the agent did not write {}",
+        joined.display()
+    );
     c.apply(TALKER);
     c.until("the talker is Running", || async {
         pod(&c, "talker")

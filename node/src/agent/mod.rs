@@ -24,6 +24,7 @@ pub mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,16 @@ pub struct Args {
         default_value = "/etc/skiff/admin.kubeconfig"
     )]
     pub kubeconfig: PathBuf,
+    /// Join the master at this URL (`https://master:6443`) with `--token` and
+    /// `--certificate-authority` instead of a kubeconfig.
+    #[arg(long, env = "SKIFF_SERVER", requires_all = ["token", "certificate_authority"])]
+    pub server: Option<String>,
+    /// The bearer token for `--server` (the master's `pki/admin.token`).
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The cluster CA certificate for `--server` (the master's `pki/ca.crt`).
+    #[arg(long, env = "SKIFF_CERTIFICATE_AUTHORITY")]
+    pub certificate_authority: Option<PathBuf>,
     /// The node's name (default: the host name, lowercased).
     #[arg(long, env = "SKIFF_NODE_NAME")]
     pub node_name: Option<String>,
@@ -196,6 +207,10 @@ pub async fn run(
         )
     })?;
 
+    let mut args = args;
+    if let Some(server) = args.server.clone() {
+        args.kubeconfig = write_join_kubeconfig(&args, &server)?;
+    }
     let client = crate::hollow::connect(&args.kubeconfig)
         .await
         .with_context(|| format!("cannot reach the master with {}", args.kubeconfig.display()))?;
@@ -308,6 +323,54 @@ pub async fn run(
     status_task.abort();
     lease_task.abort();
     Ok(())
+}
+
+/// Writes `<root>/kubeconfig` for `--server`, `--token` and `--certificate-authority` (mode
+/// 0600), so the client and the node API read one file either way.
+fn write_join_kubeconfig(args: &Args, server: &str) -> anyhow::Result<PathBuf> {
+    use base64::Engine as _;
+    let token = args.token.as_deref().unwrap_or_default().trim();
+    anyhow::ensure!(!token.is_empty(), "--token is empty");
+    let ca_path = args
+        .certificate_authority
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--server needs --certificate-authority"))?;
+    let ca = std::fs::read(ca_path)
+        .with_context(|| format!("cannot read --certificate-authority {}", ca_path.display()))?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&ca).contains("BEGIN CERTIFICATE"),
+        "--certificate-authority {} is not a PEM certificate",
+        ca_path.display()
+    );
+    let url: http::Uri = server
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--server {server:?} is not a URL: {e}"))?;
+    anyhow::ensure!(
+        url.scheme_str() == Some("https"),
+        "--server {server:?} must be an https:// URL"
+    );
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "skiff", "cluster": {
+            "server": server,
+            "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(&ca),
+        }}],
+        "users": [{"name": "node", "user": {"token": token}}],
+        "contexts": [{"name": "skiff", "context": {"cluster": "skiff", "user": "node"}}],
+        "current-context": "skiff",
+    });
+    let path = args.root_dir.join("kubeconfig");
+    std::fs::create_dir_all(&args.root_dir)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, serde_json::to_string_pretty(&config)?.as_bytes())?;
+    Ok(path)
 }
 
 /// The configured CNI plugin directories plus the one skiff-node (and skiff-cni) is in.
