@@ -593,9 +593,10 @@ async fn kubectl_logs_and_exec_reach_the_container() {
             == Some("Running")
     })
     .await;
+    // By "tick 2" (a second after the start), stderr's early line has long been written.
     c.until("its first lines are logged", || async {
         let out = c.master.kubectl(&["logs", "talker"]).expect("kubectl logs");
-        String::from_utf8_lossy(&out.stdout).contains("tick 1")
+        String::from_utf8_lossy(&out.stdout).contains("tick 2")
     })
     .await;
     let logs = c.kubectl(&["logs", "talker"]);
