@@ -8,6 +8,7 @@
 //!   cargo xtask bench store   the store benchmark (both backends; starts its own etcd)
 //!   cargo xtask bench api     the API server benchmark (a real skiff-master, both backends)
 //!   cargo xtask bench scheduler  scheduler and controllers with 1,000 hollow nodes
+//!   cargo xtask bench node    the node agent: pod start latency, RSS and CPU at 100 pods
 //!   cargo xtask install-deps  only the install step
 //!   cargo xtask image         the busybox test image: target/images/busybox.tar
 
@@ -85,15 +86,29 @@ enum Bench {
     /// The scheduler and controllers with 1,000 hollow nodes: pods/s scheduled, creation to
     /// Running p99 at 100 pods/s, the master's RSS and CPU with 30,000 pods.
     Scheduler,
+    /// The node agent on a private containerd: creation to Running for 1 pod and for 50 at
+    /// once, the agent's RSS and idle CPU with 100 pods.
+    Node,
 }
 
 impl Bench {
-    /// The bench target's name in master/Cargo.toml.
-    fn target(self) -> &'static str {
+    /// The name it goes by on the command line.
+    fn name(self) -> &'static str {
         match self {
             Bench::Store => "store",
             Bench::Api => "api",
             Bench::Scheduler => "scheduler",
+            Bench::Node => "node",
+        }
+    }
+
+    /// The package and the bench target in its Cargo.toml.
+    fn target(self) -> (&'static str, &'static str) {
+        match self {
+            Bench::Store => ("skiff-master", "store"),
+            Bench::Api => ("skiff-master", "api"),
+            Bench::Scheduler => ("skiff-master", "scheduler"),
+            Bench::Node => ("skiff-node", "pod_start"),
         }
     }
 }
@@ -106,10 +121,11 @@ fn list_benches() {
             .to_possible_value()
             .and_then(|v| v.get_help().map(ToString::to_string))
             .unwrap_or_default();
-        println!("  {:<7} {help}", bench.target());
+        println!("  {:<9} {help}", bench.name());
     }
     println!("arguments: store and api: --backend embedded|etcd|all (default all), --quick; api also --pods N");
     println!("           scheduler: --quick, --nodes N");
+    println!("           node: --quick");
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,19 +197,19 @@ fn main() -> anyhow::Result<()> {
             args,
         } => {
             install_deps(&root)?;
-            // The scheduler benchmark runs hollow nodes: skiff-node, beside skiff-master.
-            cargo(&["build", "--release", "--package", "skiff-node"])?;
-            // `cargo bench` also builds the skiff-master binary in the release profile
-            // (target/release/skiff-master); the api benchmark starts that one, by the path cargo
-            // hands it in CARGO_BIN_EXE_skiff-master.
-            let mut cmd = vec![
-                "bench",
+            // The benchmarks start both binaries from target/release: the master ones run
+            // hollow nodes (skiff-node beside skiff-master), the node one a real master. `cargo
+            // bench` builds only its own package's binaries, so both are built here first.
+            cargo(&[
+                "build",
+                "--release",
                 "--package",
                 "skiff-master",
-                "--bench",
-                which.target(),
-                "--",
-            ];
+                "--package",
+                "skiff-node",
+            ])?;
+            let (package, target) = which.target();
+            let mut cmd = vec!["bench", "--package", package, "--bench", target, "--"];
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd)
         }
