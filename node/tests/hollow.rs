@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,30 +22,7 @@ const NODES: usize = 20;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn master_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("SKIFF_MASTER_BIN") {
-        return PathBuf::from(path);
-    }
-    // This test runs from target/<profile>/deps/.
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target = profile.parent().expect("target/");
-    [
-        profile.join("skiff-master"),
-        target.join("release/skiff-master"),
-        target.join("debug/skiff-master"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| {
-        panic!(
-            "no skiff-master binary under {}: run `cargo build -p skiff-master` or set \
-             SKIFF_MASTER_BIN",
-            target.display()
-        )
-    })
+    skiff_node::testing::master_binary().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A `skiff-node hollow` process, killed on drop.

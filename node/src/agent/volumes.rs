@@ -183,6 +183,46 @@ fn key_files(
     }
 }
 
+/// The files of ConfigMap or Secret `name` (`kind`), `data` being what the API has of it:
+/// nothing when it is missing and `optional`.
+#[allow(clippy::too_many_arguments)]
+fn object_files(
+    kind: &'static str,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    namespace: &str,
+    name: &str,
+    items: Option<&Vec<KeyToPath>>,
+    optional: bool,
+    mode: u32,
+) -> Result<Vec<(String, Vec<u8>, u32)>, ConfigError> {
+    match data {
+        Some(data) => key_files(&data, items, mode, kind, namespace, name, optional),
+        None if optional => Ok(Vec::new()),
+        None if kind == "Secret" => Err(ConfigError::SecretNotFound(name.to_string())),
+        None => Err(ConfigError::ConfigMapNotFound(name.to_string())),
+    }
+}
+
+/// The files of a downward API volume (or projection).
+fn downward_files(
+    pod: &Pod,
+    items: Option<&Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>,
+    mode: u32,
+) -> Result<Vec<(String, Vec<u8>, u32)>, ConfigError> {
+    let mut files = Vec::new();
+    for item in items.into_iter().flatten() {
+        if let Some(field) = &item.field_ref {
+            let value = field_value(pod, &field.field_path)?;
+            files.push((
+                item.path.clone(),
+                value.into_bytes(),
+                item.mode.map_or(mode, |m| m as u32),
+            ));
+        }
+    }
+    Ok(files)
+}
+
 /// Sets up every volume of the pod under `pod_dir/volumes`; returns each volume's host path.
 pub fn prepare(
     pod: &Pod,
@@ -243,118 +283,73 @@ pub fn prepare(
                 mount_tmpfs(&dir, size).map_err(io_err(name))?;
             }
         } else if let Some(cm) = &v.config_map {
-            let optional = cm.optional.unwrap_or(false);
             let mode = cm.default_mode.map_or(0o644, |m| m as u32);
-            match sources.config_map(&cm.name) {
-                Some(data) => {
-                    let files = key_files(
-                        &data,
-                        cm.items.as_ref(),
-                        mode,
-                        "ConfigMap",
-                        &namespace,
-                        &cm.name,
-                        optional,
-                    )
-                    .map_err(config)?;
-                    write_files(&dir, &files, name)?;
-                }
-                None if optional => {}
-                None => return Err(config(ConfigError::ConfigMapNotFound(cm.name.clone()))),
-            }
+            let files = object_files(
+                "ConfigMap",
+                sources.config_map(&cm.name),
+                &namespace,
+                &cm.name,
+                cm.items.as_ref(),
+                cm.optional.unwrap_or(false),
+                mode,
+            )
+            .map_err(config)?;
+            write_files(&dir, &files, name)?;
         } else if let Some(secret) = &v.secret {
             let secret_name = secret.secret_name.clone().unwrap_or_default();
-            let optional = secret.optional.unwrap_or(false);
             let mode = secret.default_mode.map_or(0o644, |m| m as u32);
             mount_tmpfs(&dir, None).map_err(io_err(name))?;
-            match sources.secret(&secret_name) {
-                Some(data) => {
-                    let files = key_files(
-                        &data,
-                        secret.items.as_ref(),
-                        mode,
-                        "Secret",
-                        &namespace,
-                        &secret_name,
-                        optional,
-                    )
-                    .map_err(config)?;
-                    write_files(&dir, &files, name)?;
-                }
-                None if optional => {}
-                None => return Err(config(ConfigError::SecretNotFound(secret_name))),
-            }
+            let files = object_files(
+                "Secret",
+                sources.secret(&secret_name),
+                &namespace,
+                &secret_name,
+                secret.items.as_ref(),
+                secret.optional.unwrap_or(false),
+                mode,
+            )
+            .map_err(config)?;
+            write_files(&dir, &files, name)?;
         } else if let Some(downward) = &v.downward_api {
             let mode = downward.default_mode.map_or(0o644, |m| m as u32);
-            let mut files = Vec::new();
-            for item in downward.items.iter().flatten() {
-                if let Some(field) = &item.field_ref {
-                    let value = field_value(pod, &field.field_path).map_err(config)?;
-                    files.push((
-                        item.path.clone(),
-                        value.into_bytes(),
-                        item.mode.map_or(mode, |m| m as u32),
-                    ));
-                }
-            }
+            let files = downward_files(pod, downward.items.as_ref(), mode).map_err(config)?;
             write_files(&dir, &files, name)?;
         } else if let Some(projected) = &v.projected {
             let mode = projected.default_mode.map_or(0o644, |m| m as u32);
             let mut files = Vec::new();
             for source in projected.sources.iter().flatten() {
                 if let Some(cm) = &source.config_map {
-                    let optional = cm.optional.unwrap_or(false);
-                    match sources.config_map(&cm.name) {
-                        Some(data) => files.extend(
-                            key_files(
-                                &data,
-                                cm.items.as_ref(),
-                                mode,
-                                "ConfigMap",
-                                &namespace,
-                                &cm.name,
-                                optional,
-                            )
-                            .map_err(config)?,
-                        ),
-                        None if optional => {}
-                        None => {
-                            return Err(config(ConfigError::ConfigMapNotFound(cm.name.clone())))
-                        }
-                    }
+                    files.extend(
+                        object_files(
+                            "ConfigMap",
+                            sources.config_map(&cm.name),
+                            &namespace,
+                            &cm.name,
+                            cm.items.as_ref(),
+                            cm.optional.unwrap_or(false),
+                            mode,
+                        )
+                        .map_err(config)?,
+                    );
                 }
                 if let Some(secret) = &source.secret {
-                    let optional = secret.optional.unwrap_or(false);
-                    match sources.secret(&secret.name) {
-                        Some(data) => files.extend(
-                            key_files(
-                                &data,
-                                secret.items.as_ref(),
-                                mode,
-                                "Secret",
-                                &namespace,
-                                &secret.name,
-                                optional,
-                            )
-                            .map_err(config)?,
-                        ),
-                        None if optional => {}
-                        None => {
-                            return Err(config(ConfigError::SecretNotFound(secret.name.clone())))
-                        }
-                    }
+                    files.extend(
+                        object_files(
+                            "Secret",
+                            sources.secret(&secret.name),
+                            &namespace,
+                            &secret.name,
+                            secret.items.as_ref(),
+                            secret.optional.unwrap_or(false),
+                            mode,
+                        )
+                        .map_err(config)?,
+                    );
                 }
                 if let Some(downward) = &source.downward_api {
-                    for item in downward.items.iter().flatten() {
-                        if let Some(field) = &item.field_ref {
-                            let value = field_value(pod, &field.field_path).map_err(config)?;
-                            files.push((
-                                item.path.clone(),
-                                value.into_bytes(),
-                                item.mode.map_or(mode, |m| m as u32),
-                            ));
-                        }
-                    }
+                    files.extend(
+                        downward_files(pod, downward.items.as_ref(), mode).map_err(config)?,
+                    );
                 }
                 // serviceAccountToken sources need the TokenRequest API, which the master does not
                 // serve yet: the projected volume is made without the token.
