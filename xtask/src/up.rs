@@ -28,8 +28,8 @@ impl Drop for Started {
     fn drop(&mut self) {
         for (name, child) in self.0.iter_mut().rev() {
             if let Ok(None) = child.try_wait() {
-                // SAFETY: kill(2) on the PID of our own unreaped child.
-                unsafe_kill(child.id(), 15);
+                // SIGTERM first, so each can shut down cleanly (our own unreaped child's PID).
+                signal_pid(child.id(), "TERM");
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(100));
@@ -42,8 +42,8 @@ impl Drop for Started {
     }
 }
 
-/// SIGTERM without a libc dependency: `kill -TERM PID`.
-fn unsafe_kill(pid: u32, signal: i32) {
+/// Sends `signal` to `pid` with kill(1) (xtask has no libc dependency).
+fn signal_pid(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
