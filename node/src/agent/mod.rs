@@ -119,6 +119,10 @@ pub struct Args {
     /// How long the node's Lease lasts; it is renewed every quarter of that.
     #[arg(long, default_value_t = 40)]
     pub node_lease_duration_seconds: i32,
+    /// How many pods set up their sandbox and start containers at once (default: two per CPU;
+    /// 0: no limit).
+    #[arg(long, env = "SKIFF_PARALLEL_POD_STARTS")]
+    pub parallel_pod_starts: Option<usize>,
     /// OCI image archives (`*.tar`) imported into containerd at start, like k3s's
     /// `agent/images` (a missing directory imports nothing).
     #[arg(
@@ -156,6 +160,20 @@ pub struct Deps {
     pub pod_logs_dir: PathBuf,
     /// The stdout/stderr URI of a container whose log goes to the given path.
     pub log_uri: Box<dyn Fn(&Path) -> String + Send + Sync>,
+    /// Bounds how many pods set up sandboxes and start containers at once. Starting a burst
+    /// of pods all together makes every one of them wait for the whole burst; a few at a time
+    /// lets the first ones reach Running first, at the same total cost.
+    pub starts: tokio::sync::Semaphore,
+}
+
+/// Pods starting at once: `--parallel-pod-starts`, else two per CPU (the work is mostly
+/// containerd's, runc's and the CNI plugin's, on the same CPUs); 0 is no limit.
+pub fn parallel_starts(flag: Option<usize>) -> usize {
+    match flag {
+        Some(0) => tokio::sync::Semaphore::MAX_PERMITS,
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+    }
 }
 
 /// The containerd version as the node reports it (`containerd://1.6.20`).
@@ -302,6 +320,7 @@ pub async fn run(
         root: args.root_dir.clone(),
         pod_logs_dir: args.pod_logs_dir.clone(),
         log_uri: log_uri_fn(exe),
+        starts: tokio::sync::Semaphore::new(parallel_starts(args.parallel_pod_starts)),
     });
 
     let status_task = tokio::spawn(report_status(
@@ -747,6 +766,17 @@ mod tests {
             peer_route(&node(Some("nonsense"), Some("192.168.0.2"))),
             None
         );
+    }
+
+    #[test]
+    fn parallel_starts_default_to_two_per_cpu() {
+        assert_eq!(parallel_starts(Some(3)), 3);
+        assert_eq!(
+            parallel_starts(Some(0)),
+            tokio::sync::Semaphore::MAX_PERMITS
+        );
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parallel_starts(None), cpus * 2);
     }
 
     #[test]

@@ -449,6 +449,18 @@ impl Worker {
         let mut soonest = |at: Instant| {
             wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
         };
+        // Setting up: take one of the node's start slots for this pass (see Deps::starts).
+        let deps = self.deps.clone();
+        let setting_up = self.sandbox.is_none()
+            || self
+                .slots
+                .iter()
+                .any(|s| s.current.is_none() && s.not_before.is_none());
+        let _slot = if setting_up {
+            deps.starts.acquire().await.ok()
+        } else {
+            None
+        };
         if let Err(e) = self.ensure_sandbox().await {
             tracing::warn!(pod = %pod_name(&self.pod), error = %format!("{e:#}"), "cannot set up the pod sandbox");
             for slot in &mut self.slots {
