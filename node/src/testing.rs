@@ -170,28 +170,7 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Snapshots may still be mounted if a test failed midway; unmount before removal.
-        unmount_under(self.dir.path());
-    }
-}
-
-/// Lazily unmounts every mount point under `dir` (deepest first), so the directory can go.
-fn unmount_under(dir: &Path) {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<&str> = mounts
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|p| Path::new(p).starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for point in points {
-        if let Ok(c) = std::ffi::CString::new(point) {
-            // SAFETY: umount2 with a valid C string; MNT_DETACH never blocks.
-            unsafe {
-                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-            }
-        }
+        crate::agent::volumes::unmount_under(self.dir.path());
     }
 }
 

@@ -22,7 +22,7 @@ pub mod status;
 pub mod volumes;
 pub mod worker;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -714,11 +714,6 @@ async fn remove_orphan(deps: &Deps, uid: &str, records: &[ContainerRecord]) {
         tracing::warn!(pod_uid = %uid, error = %e, "cannot tear down an orphaned pod network");
     }
     let _ = volumes::remove_pod_dir(&volumes::pod_dir(&deps.root, uid));
-}
-
-/// Labels of a Node, for tests and tools.
-pub fn node_labels(node: &Node) -> BTreeMap<String, String> {
-    node.metadata.labels.clone().unwrap_or_default()
 }
 
 #[cfg(test)]

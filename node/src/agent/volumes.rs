@@ -95,24 +95,30 @@ fn is_mount_point(dir: &Path) -> bool {
     })
 }
 
-/// Unmounts everything under `dir` (deepest first) and removes it.
-pub fn remove_pod_dir(dir: &Path) -> io::Result<()> {
-    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| Path::new(p).starts_with(dir))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            if let Ok(c) = std::ffi::CString::new(p) {
-                // SAFETY: umount2 with a valid C string.
-                unsafe {
-                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-                }
+/// Lazily unmounts every mount point under `dir` (deepest first; MNT_DETACH never blocks).
+pub fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        if let Ok(c) = std::ffi::CString::new(p) {
+            // SAFETY: umount2 with a valid C string.
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
             }
         }
     }
+}
+
+/// Unmounts everything under `dir` and removes it.
+pub fn remove_pod_dir(dir: &Path) -> io::Result<()> {
+    unmount_under(dir);
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

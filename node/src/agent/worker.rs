@@ -293,7 +293,6 @@ impl Worker {
                 slot.started = started;
                 if let Some(at) = state.and_then(|s| s.running).and_then(|r| r.started_at) {
                     if exit.is_none() {
-                        slot.current = None;
                         slot.current = Some(Current {
                             id: newest.id.clone(),
                             started_at: Some(at.0),
