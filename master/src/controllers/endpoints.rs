@@ -20,7 +20,7 @@ use super::client::{delete_options, delete_uid};
 use super::endpointslice::{
     find_port, is_pod_ready, namespace_terminating, now_rfc3339, pod_in_endpoints, pod_ipv4,
     pod_reference, protocol_of, selected_pods, service_ip_set, service_selector,
-    services_for_pod_change, should_set_hostname, HEADLESS_LABEL, TRIGGER_TIME_ANNOTATION,
+    should_set_hostname, HEADLESS_LABEL, TRIGGER_TIME_ANNOTATION,
 };
 use super::runtime::{self, key_of, split_key, Change};
 use super::{Action, Context, Error, Reconciler, WorkQueue};
@@ -319,21 +319,7 @@ impl Reconciler for EndpointsController {
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) {
     let queue = WorkQueue::new();
     let informers = &ctx.informers;
-    {
-        let queue = queue.clone();
-        informers
-            .services
-            .on_change(move |change| queue.add(key_of(&change.object().metadata)));
-    }
-    {
-        let queue = queue.clone();
-        let services = informers.services.clone();
-        informers.pods.on_change(move |change| {
-            for key in services_for_pod_change(&services, change) {
-                queue.add(key);
-            }
-        });
-    }
+    super::endpointslice::queue_services_on_change(informers, &queue);
     {
         // Endpoints seen at start (leftovers of deleted Services are deleted) and deleted ones
         // (recreated): their Service is looked at.

@@ -859,25 +859,29 @@ fn service_of_slice(slice: &EndpointSlice) -> Option<Key> {
     Some(key(slice.metadata.namespace.as_deref(), name))
 }
 
-/// Registers the callbacks and starts the loop once the caches are loaded.
-pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) {
-    let queue = WorkQueue::new();
-    let informers = &ctx.informers;
+/// Queues a Service's key when it changes and when a pod its selector matches (before or
+/// after the change) changes: what both the EndpointSlice and the Endpoints loop watch.
+pub fn queue_services_on_change(informers: &super::Informers, queue: &WorkQueue) {
     {
         let queue = queue.clone();
         informers
             .services
             .on_change(move |change| queue.add(key_of(&change.object().metadata)));
     }
-    {
-        let queue = queue.clone();
-        let services = informers.services.clone();
-        informers.pods.on_change(move |change| {
-            for key in services_for_pod_change(&services, change) {
-                queue.add(key);
-            }
-        });
-    }
+    let queue = queue.clone();
+    let services = informers.services.clone();
+    informers.pods.on_change(move |change| {
+        for key in services_for_pod_change(&services, change) {
+            queue.add(key);
+        }
+    });
+}
+
+/// Registers the callbacks and starts the loop once the caches are loaded.
+pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) {
+    let queue = WorkQueue::new();
+    let informers = &ctx.informers;
+    queue_services_on_change(informers, &queue);
     {
         let queue = queue.clone();
         informers.endpoint_slices.on_change(move |change| {
