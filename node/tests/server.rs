@@ -369,6 +369,7 @@ async fn logs_and_exec_through_the_node_api() -> anyhow::Result<()> {
         containerd: containerd.clone(),
         pod_logs_dir: pod_logs.clone(),
         fifo_dir: dir.join("exec"),
+        image_import: server::images::ImageImport::new(dir.join("imports"), 1 << 20),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, config, node, async {
@@ -597,6 +598,7 @@ async fn through_the_master(
         containerd: containerd.clone(),
         pod_logs_dir: pod_logs.to_path_buf(),
         fifo_dir: dir.join("exec2"),
+        image_import: server::images::ImageImport::new(dir.join("imports2"), 1 << 20),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(

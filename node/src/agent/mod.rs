@@ -104,7 +104,7 @@ pub struct Args {
     /// The bridge skiff-cni puts pods on.
     #[arg(long, default_value = "skiff0")]
     pub bridge: String,
-    /// The node API's port (logs, exec).
+    /// The node API's port (logs, exec, image import).
     #[arg(long, env = "SKIFF_NODE_PORT", default_value_t = 10250)]
     pub port: u16,
     /// The most pods the node takes.
@@ -131,6 +131,10 @@ pub struct Args {
         default_value = "/var/lib/skiff-node/images"
     )]
     pub image_preload_dir: PathBuf,
+    /// The largest image archive `POST /images/import` (`skiff image import`) takes, in
+    /// bytes; uploads are spooled under `<root-dir>/image-imports`.
+    #[arg(long, env = "SKIFF_MAX_IMAGE_IMPORT_BYTES", default_value_t = crate::server::images::DEFAULT_MAX_BYTES)]
+    pub max_image_import_bytes: u64,
     /// The pressure thresholds (kubelet's flag): `memory.available<100Mi,nodefs.available<10%,
     /// pid.available<10%` by default; an empty value reports no pressure.
     #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,pid.available<10%", value_parser = node::Thresholds::parse)]
@@ -413,7 +417,7 @@ fn log_uri_fn(exe: PathBuf) -> Box<dyn Fn(&Path) -> String + Send + Sync> {
     Box::new(move |path: &Path| crate::logs::log_uri(&exe, path, &limits))
 }
 
-/// The node's HTTPS API (logs, exec) on `--port`: a self-signed serving certificate kept under
+/// The node's HTTPS API (logs, exec, image import) on `--port`: a self-signed serving certificate kept under
 /// the root directory, client certificates required from the cluster's CA.
 async fn start_server(
     args: &Args,
@@ -437,10 +441,21 @@ async fn start_server(
         &fifo_dir,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )?;
+    let image_import = server::images::ImageImport::new(
+        args.root_dir.join("image-imports"),
+        args.max_image_import_bytes,
+    );
+    image_import.prepare().with_context(|| {
+        format!(
+            "cannot prepare {} for image uploads",
+            image_import.dir.display()
+        )
+    })?;
     let node = Arc::new(server::Node {
         containerd: runtime.clone(),
         pod_logs_dir: args.pod_logs_dir.clone(),
         fifo_dir,
+        image_import,
     });
     tracing::info!(%addr, "serving the node API");
     Ok(tokio::spawn(server::serve(

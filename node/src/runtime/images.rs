@@ -401,7 +401,7 @@ async fn import_under(
     containerd: &Containerd,
     lease: &Lease,
     path: &Path,
-    archive_error: &dyn Fn(String) -> ImageError,
+    archive_error: &(dyn Fn(String) -> ImageError + Sync),
 ) -> Result<Vec<String>, ImageError> {
     // The tar is read on a blocking thread and its blobs stream into the content store in
     // pieces of at most a MiB, so a large archive never sits in memory; index.json is kept

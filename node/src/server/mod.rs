@@ -1,10 +1,12 @@
-//! The node's HTTPS API (kubelet's port 10250 and paths), reached by the master's `pods/log`
-//! and `pods/exec` proxy:
+//! The node's HTTPS API (kubelet's port 10250 and paths), reached by the master's `pods/log`,
+//! `pods/exec` and `nodes/proxy` proxy:
 //!
 //! - `GET /healthz`
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&timestamps=&previous=&sinceSeconds=&sinceTime=&limitBytes=`
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=&stdout=&stderr=&tty=`, a
 //!   WebSocket upgrade speaking the `v5.channel.k8s.io` / `v4.channel.k8s.io` protocol ([`exec`])
+//! - `POST /images/import` with an OCI image archive as the body; answers
+//!   `{"images": [names]}` ([`images`]; `skiff image import` sends it through `nodes/proxy`)
 //!
 //! Every connection must present a client certificate issued by the cluster CA ([`tls`]); the
 //! handshake fails otherwise. What the server needs from the agent is containerd and the pod
@@ -12,6 +14,7 @@
 
 pub mod containers;
 pub mod exec;
+pub mod images;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -46,6 +49,8 @@ pub struct Node {
     pub pod_logs_dir: PathBuf,
     /// Where exec creates its stdio FIFOs (a directory only root can enter).
     pub fifo_dir: PathBuf,
+    /// Where uploaded image archives are spooled, and how large they may be.
+    pub image_import: images::ImageImport,
 }
 
 /// A response body: a whole message or a stream.
@@ -116,7 +121,8 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
             exec::handle(node.clone(), ns, pod, container, &query, req).await
         }
-        (_, ["healthz" | "containerLogs" | "exec", ..]) => text(
+        (&Method::POST, ["images", "import"]) => images::handle(node, req).await,
+        (_, ["healthz" | "containerLogs" | "exec", ..] | ["images", "import"]) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{} is not allowed on {path}", req.method()),
         ),
