@@ -106,6 +106,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Json<Value>> {
                 "eviction" => ("Eviction", vec!["create"], Some(("policy", "v1"))),
                 "log" => ("Pod", vec!["get"], None),
                 "exec" => ("PodExecOptions", vec!["create", "get"], None),
+                "proxy" => (
+                    "NodeProxyOptions",
+                    vec!["create", "delete", "get", "patch", "update"],
+                    None,
+                ),
                 "finalize" => (r.kind, vec!["update"], None),
                 _ => (r.kind, vec!["get"], None),
             };
@@ -134,4 +139,31 @@ pub fn resource_list(group: &str, version: &str) -> Option<Json<Value>> {
         "groupVersion": group_version,
         "resources": list,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subresources_are_listed_as_kube_apiserver_lists_them() {
+        let Json(list) = resource_list("", "v1").expect("core/v1");
+        let entry = |name: &str| {
+            list["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} is not listed"))
+        };
+        let proxy = entry("nodes/proxy");
+        assert_eq!(proxy["kind"], "NodeProxyOptions");
+        assert_eq!(proxy["namespaced"], false);
+        assert_eq!(
+            proxy["verbs"],
+            json!(["create", "delete", "get", "patch", "update"])
+        );
+        assert_eq!(entry("pods/exec")["kind"], "PodExecOptions");
+    }
 }

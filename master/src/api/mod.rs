@@ -151,6 +151,10 @@ async fn route(
         let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
         return proxy::handle(state, &ns, &name, &sub, request).await;
     }
+    if let (true, Some(id)) = (group.is_empty(), proxy::matches_node(rest)) {
+        let id = id.to_string();
+        return proxy::handle_node(state, &id, request).await;
+    }
     if rest.is_empty() {
         return discovery::resource_list(group, version)
             .map(IntoResponse::into_response)

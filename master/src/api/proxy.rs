@@ -1,9 +1,18 @@
-//! `pods/log` and `pods/exec`: the API server finds the pod's node and proxies the request to
-//! the node agent's HTTPS API (kubelet's port 10250), presenting the kubelet client
-//! certificate of [`super::pki`]; the node requires it (mutual TLS).
+//! `pods/log`, `pods/exec` and `nodes/proxy`: the API server proxies the request to a node
+//! agent's HTTPS API (kubelet's port 10250), presenting the kubelet client certificate of
+//! [`super::pki`]; the node requires it (mutual TLS).
 //!
-//! Logs stream through as they come. Exec is an upgrade (WebSocket, the `v5.channel.k8s.io` /
-//! `v4.channel.k8s.io` protocol): the upgrade request goes to the node, and once both sides
+//! `pods/log` and `pods/exec` find the pod's node and map to the node's `containerLogs` and
+//! `exec` paths; the node's errors come back as a `Status`. `nodes/proxy`
+//! (`/api/v1/nodes/<name>[:<port>]/proxy/<path>`, every method, as kube-apiserver's
+//! `NodeProxyOptions`) forwards the rest of the path, the query, the headers (not the
+//! `Authorization` the master checked) and the body to the node as they are, and passes the
+//! node's answer back unchanged: that is what `kubectl get --raw /api/v1/nodes/N/proxy/...`
+//! and `skiff image import` use. Only failures to reach the node are the master's own
+//! (`Status` 404 for an unknown node, 503 for an unreachable one).
+//!
+//! Bodies stream both ways as they come. Upgrades (exec's WebSocket, the
+//! `v5.channel.k8s.io` / `v4.channel.k8s.io` protocol) go to the node, and once both sides
 //! have switched protocols the bytes are spliced both ways, like kube-apiserver's
 //! upgrade-aware proxy. The node's serving certificate is self-signed and not checked (as
 //! kube-apiserver without `--kubelet-certificate-authority`); the node checks ours.
@@ -13,7 +22,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
@@ -40,6 +49,15 @@ pub fn matches<'a>(rest: &[&'a str]) -> Option<(&'a str, &'a str, &'a str)> {
     }
 }
 
+/// Whether `path` segments (after `/api/v1`) are `nodes/<name>/proxy[/…]`; the node's name
+/// (with its optional scheme and port).
+pub fn matches_node<'a>(rest: &[&'a str]) -> Option<&'a str> {
+    match rest {
+        ["nodes", name, "proxy", ..] => Some(name),
+        _ => None,
+    }
+}
+
 /// Answers `pods/log` or `pods/exec` for pod `namespace/name`.
 pub async fn handle(
     state: Arc<AppState>,
@@ -54,12 +72,145 @@ pub async fn handle(
     }
 }
 
+/// Answers `nodes/<id>/proxy/<path>`; `id` is `[scheme:]name[:port]`.
+pub async fn handle_node(state: Arc<AppState>, id: &str, request: Request) -> Response {
+    match proxy_node(state, id, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A node's agent, as the proxy reaches it.
+struct Upstream {
+    node_name: String,
+    host: String,
+    port: u16,
+}
+
+impl Upstream {
+    /// The agent of the stored Node `node_name` (404 if there is none), on `port` if given.
+    async fn of(state: &AppState, node_name: &str, port: Option<u16>) -> Result<Self, ApiError> {
+        let node = get_object(state, &store::object_key("nodes", None, node_name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("nodes", "", node_name))?;
+        let (host, default_port) = node_endpoint(&node).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("node {node_name} reports no address to reach its agent at"),
+            )
+        })?;
+        Ok(Upstream {
+            node_name: node_name.to_string(),
+            host,
+            port: port.unwrap_or(default_port),
+        })
+    }
+}
+
+/// `[scheme:]name[:port]`, as kube-apiserver's `SplitSchemeNamePort`; only `https` (or no
+/// scheme) is served, since node agents speak nothing else.
+pub fn split_node_id(id: &str) -> Result<(&str, Option<u16>), ApiError> {
+    let invalid = || ApiError::bad_request(format!("invalid node request {id:?}"));
+    let parts: Vec<&str> = id.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [name] => ("", *name, ""),
+        [name, port] => ("", *name, *port),
+        [scheme, name, port] => (*scheme, *name, *port),
+        _ => return Err(invalid()),
+    };
+    if name.is_empty() {
+        return Err(invalid());
+    }
+    match scheme {
+        "" | "https" => {}
+        "http" => {
+            return Err(ApiError::bad_request(format!(
+                "node agents serve only https, not {id:?}"
+            )))
+        }
+        _ => return Err(invalid()),
+    }
+    let port = match port {
+        "" => None,
+        p => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(invalid)?,
+        ),
+    };
+    Ok((name, port))
+}
+
+/// The part of `path` after `nodes/<id>/proxy`, always starting with `/`.
+pub fn node_path<'a>(path: &'a str, id: &str) -> &'a str {
+    let marker = format!("nodes/{id}/proxy");
+    let rest = path
+        .find(&marker)
+        .map(|at| &path[at + marker.len()..])
+        .unwrap_or("");
+    if rest.starts_with('/') {
+        rest
+    } else {
+        "/"
+    }
+}
+
+async fn proxy_node(
+    state: Arc<AppState>,
+    id: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (node_name, port) = split_node_id(id)?;
+    let upstream = Upstream::of(&state, node_name, port).await?;
+    let mut uri = node_path(request.uri().path(), id).to_string();
+    if let Some(query) = request.uri().query() {
+        uri.push('?');
+        uri.push_str(query);
+    }
+    let response = exchange(&state, &upstream, &uri, request, forward_to_node, true).await?;
+    Ok(response)
+}
+
+/// The request headers `nodes/proxy` forwards: all but hop-by-hop ones (except those of an
+/// upgrade), `Host` and the master's own credentials.
+fn forward_to_node(name: &HeaderName) -> bool {
+    name == header::UPGRADE
+        || name == header::CONNECTION
+        || !(is_hop_by_hop(name) || name == header::HOST || name == header::AUTHORIZATION)
+}
+
+/// The request headers `pods/log` and `pods/exec` forward.
+fn forward_to_pod(name: &HeaderName) -> bool {
+    name == header::UPGRADE
+        || name == header::CONNECTION
+        || name.as_str().starts_with("sec-websocket-")
+        || name == header::ACCEPT
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), not to the message.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 async fn proxy(
     state: Arc<AppState>,
     namespace: &str,
     name: &str,
     sub: &str,
-    mut request: Request,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let allowed = match sub {
         "log" => request.method() == Method::GET,
@@ -93,16 +244,7 @@ async fn proxy(
             "pod {name} does not have a host assigned"
         )));
     }
-    let node = get_object(&state, &store::object_key("nodes", None, node_name))
-        .await?
-        .ok_or_else(|| ApiError::not_found("nodes", "", node_name))?;
-    let (host, port) = node_endpoint(&node).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            format!("node {node_name} reports no address to reach its agent at"),
-        )
-    })?;
+    let upstream = Upstream::of(&state, node_name, None).await?;
 
     let forwarded: Vec<String> = pairs
         .iter()
@@ -124,64 +266,9 @@ async fn proxy(
         uri.push_str(&forwarded.join("&"));
     }
 
-    let stream = connect(&state, &host, port).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            format!("cannot reach the agent of node {node_name} at {host}:{port}: {e}"),
-        )
-    })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| internal(format!("http handshake with node {node_name}: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-
-    let upgrading = request
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| !v.is_empty());
-    let mut outgoing = http::Request::builder()
-        .method(request.method().clone())
-        .uri(&uri)
-        .header(header::HOST, format!("{host}:{port}"));
-    for (k, v) in request.headers() {
-        let forward = k == header::UPGRADE
-            || k == header::CONNECTION
-            || k.as_str().starts_with("sec-websocket-")
-            || k == header::ACCEPT;
-        if forward {
-            outgoing = outgoing.header(k, v);
-        }
-    }
-    let outgoing = outgoing
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| internal(format!("building the node request: {e}")))?;
-    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
-    let mut response = sender
-        .send_request(outgoing)
-        .await
-        .map_err(|e| internal(format!("request to node {node_name} failed: {e}")))?;
-
+    let response = exchange(&state, &upstream, &uri, request, forward_to_pod, false).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(internal("the node switched protocols unasked".into()));
-        };
-        let node_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            let (Ok(client), Ok(node)) = (client_upgrade.await, node_upgrade.await) else {
-                return;
-            };
-            let mut client = TokioIo::new(client);
-            let mut node = TokioIo::new(node);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
-        });
-        let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-        for (k, v) in response.headers() {
-            out = out.header(k, v);
-        }
-        return out.body(Body::empty()).map_err(|e| internal(e.to_string()));
+        return Ok(response);
     }
     if !response.status().is_success() {
         // The node answers errors as text; clients expect a Status.
@@ -206,8 +293,102 @@ async fn proxy(
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or(HeaderValue::from_static("text/plain"));
-    let mut out = Response::new(Body::new(response.into_body()));
+    let mut out = Response::new(response.into_body());
     out.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    Ok(out)
+}
+
+/// Sends `request` to `upstream` as `uri`: its method, the headers `forward` keeps, and its
+/// body when `with_body` (streamed). An upgrade the node accepts is spliced to the client on
+/// a task of its own; otherwise the node's status, headers (but hop-by-hop ones) and
+/// streaming body come back.
+async fn exchange(
+    state: &AppState,
+    upstream: &Upstream,
+    uri: &str,
+    mut request: Request,
+    forward: fn(&HeaderName) -> bool,
+    with_body: bool,
+) -> Result<Response, ApiError> {
+    let Upstream {
+        node_name,
+        host,
+        port,
+    } = upstream;
+    let stream = connect(state, host, *port).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("cannot reach the agent of node {node_name} at {host}:{port}: {e}"),
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| internal(format!("http handshake with node {node_name}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+
+    let upgrading = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| !v.is_empty());
+    let client_upgrade = if upgrading {
+        request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let (parts, body) = request.into_parts();
+    let mut outgoing = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .header(header::HOST, format!("{host}:{port}"));
+    for (k, v) in &parts.headers {
+        if forward(k) && (upgrading || (k != header::UPGRADE && k != header::CONNECTION)) {
+            outgoing = outgoing.header(k, v);
+        }
+    }
+    let body = if with_body { body } else { Body::empty() };
+    let outgoing = outgoing
+        .body(body)
+        .map_err(|e| internal(format!("building the node request: {e}")))?;
+    let mut response = sender.send_request(outgoing).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("request to the agent of node {node_name} failed: {e}"),
+        )
+    })?;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(internal("the node switched protocols unasked".into()));
+        };
+        let node_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(node)) = (client_upgrade.await, node_upgrade.await) else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut node = TokioIo::new(node);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+        });
+        let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for (k, v) in response.headers() {
+            out = out.header(k, v);
+        }
+        return out.body(Body::empty()).map_err(|e| internal(e.to_string()));
+    }
+    let (parts, body) = response.into_parts();
+    let mut out = Response::new(Body::new(body));
+    *out.status_mut() = parts.status;
+    for (k, v) in &parts.headers {
+        if !is_hop_by_hop(k) {
+            out.headers_mut().append(k, v.clone());
+        }
+    }
     Ok(out)
 }
 
@@ -440,5 +621,71 @@ mod tests {
         assert_eq!(escape("echo a&b"), "echo%20a%26b");
         assert!(matches(&["namespaces", "d", "pods", "p", "exec"]).is_some());
         assert!(matches(&["namespaces", "d", "pods", "p", "status"]).is_none());
+    }
+
+    #[test]
+    fn node_proxy_paths() {
+        assert_eq!(matches_node(&["nodes", "n1", "proxy"]), Some("n1"));
+        assert_eq!(
+            matches_node(&["nodes", "n1", "proxy", "images", "import"]),
+            Some("n1")
+        );
+        assert_eq!(matches_node(&["nodes", "n1", "status"]), None);
+        assert_eq!(matches_node(&["nodes", "n1"]), None);
+
+        let check =
+            |path: &str, id: &str, want: &str| assert_eq!(node_path(path, id), want, "{path}");
+        check("/api/v1/nodes/n1/proxy", "n1", "/");
+        check("/api/v1/nodes/n1/proxy/", "n1", "/");
+        check("/api/v1/nodes/n1/proxy/healthz", "n1", "/healthz");
+        check("/api/v1/nodes/n1/proxy/logs/", "n1", "/logs/");
+        check(
+            "/api/v1/nodes/n1:10250/proxy/a%2Fb/c",
+            "n1:10250",
+            "/a%2Fb/c",
+        );
+        // A name that is also a later segment is found where it is the node's.
+        check("/api/v1/nodes/proxy/proxy/proxy", "proxy", "/proxy");
+    }
+
+    #[test]
+    fn node_ids() {
+        let check = |id: &str, want: Result<(&str, Option<u16>), StatusCode>| {
+            assert_eq!(split_node_id(id).map_err(|e| e.code), want, "{id}");
+        };
+        check("n1", Ok(("n1", None)));
+        check("n1:11250", Ok(("n1", Some(11250))));
+        check("https:n1:11250", Ok(("n1", Some(11250))));
+        check("https:n1:", Ok(("n1", None)));
+        check("http:n1:10250", Err(StatusCode::BAD_REQUEST));
+        check("ftp:n1:1", Err(StatusCode::BAD_REQUEST));
+        check("n1:port", Err(StatusCode::BAD_REQUEST));
+        check(":10250", Err(StatusCode::BAD_REQUEST));
+        check("a:b:c:d", Err(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let name = |s: &str| HeaderName::from_bytes(s.as_bytes()).unwrap();
+        for kept in [
+            "content-type",
+            "content-length",
+            "accept",
+            "x-stream-protocol-version",
+            "upgrade",
+            "connection",
+        ] {
+            assert!(forward_to_node(&name(kept)), "{kept}");
+        }
+        for dropped in [
+            "authorization",
+            "host",
+            "transfer-encoding",
+            "keep-alive",
+            "te",
+        ] {
+            assert!(!forward_to_node(&name(dropped)), "{dropped}");
+        }
+        assert!(!forward_to_pod(&name("content-type")));
     }
 }

@@ -78,7 +78,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", core::Endpoints, "Endpoints", "endpoints", "endpoints", true,
         short: &["ep"], categories: NONE, sub: NONE),
     resource!("", "v1", core::Node, "Node", "nodes", "node", false,
-        short: &["no"], categories: NONE, sub: &["status"]),
+        short: &["no"], categories: NONE, sub: &["status", "proxy"]),
     resource!("", "v1", core::ConfigMap, "ConfigMap", "configmaps", "configmap", true,
         short: &["cm"], categories: NONE, sub: NONE),
     resource!("", "v1", core::Secret, "Secret", "secrets", "secret", true,

@@ -1,7 +1,7 @@
 //! Subresources other than `status`: `scale` (autoscaling/v1 Scale over a workload's
 //! `spec.replicas`), `binding` (the scheduler's way to set a pod's node), `eviction` (a graceful
-//! delete through the Eviction API), and the node-proxied ones (`log`, `exec`, …), which answer
-//! 503 until the node agent serves them.
+//! delete through the Eviction API). The node-proxied ones (`pods/log`, `pods/exec`,
+//! `nodes/proxy`) never reach this module: `api::route` hands them to [`super::proxy`].
 
 use std::sync::Arc;
 
