@@ -146,6 +146,8 @@ fn main() -> anyhow::Result<()> {
                 "skiff-master",
                 "--package",
                 "skiff-node",
+                "--package",
+                "skiff",
             ])?;
             up::run(&root, &data_dir, &master_args)
         }
