@@ -436,7 +436,18 @@ impl Drop for Agent {
 /// The `skiff-master` binary for end-to-end tests: `$SKIFF_MASTER_BIN`, else the one in the
 /// calling test's profile directory (`target/debug` or `target/release`), else the other.
 pub fn master_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SKIFF_MASTER_BIN") {
+    workspace_binary("skiff-master", "SKIFF_MASTER_BIN", "skiff-master")
+}
+
+/// The `skiff` command line for end-to-end tests: `$SKIFF_BIN`, else found as
+/// [`master_binary`] finds the master.
+pub fn ctl_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("skiff", "SKIFF_BIN", "skiff")
+}
+
+/// A binary of this workspace: `$<env>`, else beside the running test's profile directory.
+fn workspace_binary(name: &str, env: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }
     // Tests run from target/<profile>/deps/.
@@ -449,15 +460,15 @@ pub fn master_binary() -> anyhow::Result<PathBuf> {
         .parent()
         .ok_or_else(|| anyhow::anyhow!("no target/ above {}", profile.display()))?;
     [
-        profile.join("skiff-master"),
-        target.join("release/skiff-master"),
-        target.join("debug/skiff-master"),
+        profile.join(name),
+        target.join("release").join(name),
+        target.join("debug").join(name),
     ]
     .into_iter()
     .find(|p| p.is_file())
     .ok_or_else(|| {
         anyhow::anyhow!(
-            "no skiff-master binary under {}: run `cargo build -p skiff-master` or set SKIFF_MASTER_BIN",
+            "no {name} binary under {}: run `cargo build -p {package}` or set {env}",
             target.display()
         )
     })
