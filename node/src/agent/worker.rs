@@ -455,7 +455,7 @@ impl Worker {
                 .slots
                 .iter()
                 .any(|s| s.current.is_none() && s.not_before.is_none());
-        let _slot = if setting_up {
+        let start_slot = if setting_up {
             deps.starts.acquire().await.ok()
         } else {
             None
@@ -515,6 +515,8 @@ impl Worker {
                 slot.waiting = ("PodInitializing".into(), None);
             }
         }
+        // The slot bounds the node's work; writing the status is the master's.
+        drop(start_slot);
         self.write_status().await;
         wake
     }
@@ -688,11 +690,16 @@ impl Worker {
                 tracing::warn!(container = %old.id, error = %format!("{e:#}"), "cannot remove the previous container");
             }
         }
-        self.deps
+        if let Err(e) = self
+            .deps
             .runtime
             .create_container(&id, &image.name, &image.chain_id, labels, &spec_json)
             .await
-            .map_err(fail("CreateContainerError"))?;
+        {
+            // Perhaps the image's snapshot went: the next try resolves the image afresh.
+            self.deps.runtime.remember_image(&image.name, None);
+            return Err(fail("CreateContainerError")(e));
+        }
         let log_path = self.log_path(&self.slots[i].name, self.slots[i].restart_count);
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StartError {

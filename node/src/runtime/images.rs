@@ -318,6 +318,11 @@ pub async fn ensure_image(
             return pull(containerd, &parsed, policy, auths).await;
         }
     };
+    // An image resolved before is ready as long as its target is the same: completing it again
+    // costs a dozen containerd calls, half of them metadata writes.
+    if let Some(info) = containerd.resolved_image(&name, &target.digest) {
+        return Ok(info);
+    }
     // Resolving what is already here needs no lock: labels and snapshots converge when two
     // workers do it at once.
     complete_present(containerd, &name, target).await
@@ -338,6 +343,9 @@ async fn complete_present(
     let lease = Lease::create(containerd).await?;
     let result = complete(containerd, &lease, name, &target).await;
     lease.end(containerd).await?;
+    if let Ok(info) = &result {
+        containerd.remember_image(name, Some(info));
+    }
     result
 }
 
@@ -376,6 +384,9 @@ async fn pull(
         Err(e) => Err(e),
     };
     lease.end(containerd).await?;
+    if let Ok(info) = &result {
+        containerd.remember_image(&name, Some(info));
+    }
     result
 }
 

@@ -7,6 +7,7 @@ pub mod containers;
 pub mod images;
 pub mod spec;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -23,6 +24,9 @@ pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
 pub struct Containerd {
     client: std::sync::Arc<Client>,
     namespace: String,
+    /// Images already resolved to what runs them (config, chain ID), by name; an entry holds
+    /// while containerd's image keeps the same target digest (see `images::ensure_image`).
+    resolved: std::sync::Arc<std::sync::Mutex<HashMap<String, images::ImageInfo>>>,
 }
 
 impl Containerd {
@@ -47,7 +51,23 @@ impl Containerd {
         Ok(Containerd {
             client: std::sync::Arc::new(client),
             namespace: namespace.to_string(),
+            resolved: Default::default(),
         })
+    }
+
+    /// The resolved image `name` if it still has the target `digest`.
+    pub(crate) fn resolved_image(&self, name: &str, digest: &str) -> Option<images::ImageInfo> {
+        let resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        resolved.get(name).filter(|i| i.digest == digest).cloned()
+    }
+
+    /// Remembers a resolved image (`None`: forgets `name`, e.g. when its snapshot is gone).
+    pub(crate) fn remember_image(&self, name: &str, info: Option<&images::ImageInfo>) {
+        let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        match info {
+            Some(info) => resolved.insert(name.to_string(), info.clone()),
+            None => resolved.remove(name),
+        };
     }
 
     /// The underlying client, for the service stubs (`.containers()`, `.tasks()`, …).
