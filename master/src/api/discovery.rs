@@ -107,6 +107,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Json<Value>> {
                 "log" => ("Pod", vec!["get"], None),
                 "exec" => ("PodExecOptions", vec!["create", "get"], None),
                 "finalize" => (r.kind, vec!["update"], None),
+                "token" => (
+                    "TokenRequest",
+                    vec!["create"],
+                    Some(("authentication.k8s.io", "v1")),
+                ),
                 _ => (r.kind, vec!["get"], None),
             };
             let mut entry = json!({

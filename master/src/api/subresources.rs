@@ -39,10 +39,13 @@ pub async fn handle(
         ("scale", &Method::PATCH) => patch_scale(&state, &target, &query, headers, body).await,
         ("binding", &Method::POST) => bind(&state, &target, &query, body).await,
         ("eviction", &Method::POST) => evict(&state, &target, &query, body).await,
+        ("token", &Method::POST) => super::tokens::create_token(&state, &target, body).await,
         ("finalize", &Method::PUT) => {
             super::propagation::finalize(state, &target, &query, body).await
         }
-        ("scale" | "binding" | "eviction" | "finalize", method) => Err(method_not_allowed(method)),
+        ("scale" | "binding" | "eviction" | "finalize" | "token", method) => {
+            Err(method_not_allowed(method))
+        }
         (sub, _) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
