@@ -1,6 +1,6 @@
 //! Subresources other than `status`: `scale` (autoscaling/v1 Scale over a workload's
 //! `spec.replicas`), `binding` (the scheduler's way to set a pod's node), `eviction` (a graceful
-//! delete through the Eviction API), and the node-proxied ones (`log`, `exec`, …), which answer
+//! delete through the Eviction API), `token` (handed to [`super::tokens`]), and the node-proxied ones (`log`, `exec`, …), which answer
 //! 503 until the node agent serves them.
 
 use std::sync::Arc;
