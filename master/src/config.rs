@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::api::admission::DefaultTolerations;
 use crate::api::allocator::{PortRange, ServiceCidr};
+use crate::api::tokens::TokenConfig;
 use crate::store::Backend;
 
 /// Skiff's master: the Kubernetes API server, scheduler and controllers in one process.
@@ -86,6 +87,19 @@ pub struct Config {
     )]
     pub default_unreachable_toleration_seconds: i64,
 
+    /// The `iss` of the service-account tokens the API issues, and the only issuer it accepts.
+    #[arg(
+        long,
+        env = "SKIFF_SERVICE_ACCOUNT_ISSUER",
+        default_value = crate::api::tokens::DEFAULT_ISSUER
+    )]
+    pub service_account_issuer: String,
+
+    /// The audiences the API accepts service-account tokens for (comma-separated); also what a
+    /// TokenRequest without audiences gets. Defaults to the issuer, as kube-apiserver's.
+    #[arg(long, env = "SKIFF_API_AUDIENCES", value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
+
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "SKIFF_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -130,6 +144,12 @@ impl Config {
         if self.compaction_interval_seconds == 0 {
             anyhow::bail!("--compaction-interval-seconds must be at least 1");
         }
+        if self.service_account_issuer.trim().is_empty() {
+            anyhow::bail!("--service-account-issuer must not be empty");
+        }
+        if self.api_audiences.iter().any(|a| a.trim().is_empty()) {
+            anyhow::bail!("--api-audiences: an audience must not be empty");
+        }
         if let Err(e) = ServiceCidr::parse(&self.service_cluster_ip_range) {
             anyhow::bail!("--service-cluster-ip-range: {e}");
         }
@@ -152,6 +172,19 @@ impl Config {
         DefaultTolerations {
             not_ready_seconds: self.default_not_ready_toleration_seconds,
             unreachable_seconds: self.default_unreachable_toleration_seconds,
+        }
+    }
+
+    /// The service-account token issuer and API audiences from the flags.
+    pub fn token_config(&self) -> TokenConfig {
+        let api_audiences = if self.api_audiences.is_empty() {
+            vec![self.service_account_issuer.clone()]
+        } else {
+            self.api_audiences.clone()
+        };
+        TokenConfig {
+            issuer: self.service_account_issuer.clone(),
+            api_audiences,
         }
     }
 

@@ -74,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let state = std::sync::Arc::new(
         skiff_master::api::AppState::new(store.clone(), pki, allocator)
-            .with_default_tolerations(config.default_tolerations()),
+            .with_default_tolerations(config.default_tolerations())
+            .with_token_config(config.token_config()),
     );
     skiff_master::api::ensure_default_namespaces(&state)
         .await
@@ -88,7 +89,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let server = tokio::spawn(skiff_master::api::serve(listener, state, shutdown_signal()));
     let control_plane = match control_plane_client(&config.admin_kubeconfig).await {
-        Ok(client) => Some(ControlPlane::spawn(client, config.controllers.clone())),
+        Ok(client) => {
+            let mut controllers = config.controllers.clone();
+            controllers
+                .root_ca_file
+                .get_or_insert_with(|| pki_dir.join(skiff_master::api::pki::CA_CERT_FILE));
+            Some(ControlPlane::spawn(client, controllers))
+        }
         Err(e) => {
             tracing::error!(
                 error = format!("{e:#}"),

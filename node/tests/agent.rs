@@ -656,3 +656,70 @@ async fn kubectl_logs_and_exec_reach_the_container() {
         .expect("kubectl exec");
     assert_eq!(out.status.code(), Some(3));
 }
+
+const API_READER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "while true; do sleep 1; done"]
+"#;
+
+/// The ServiceAccount admission's volume on a real node: the pod reads its token, namespace
+/// and CA at the in-cluster paths, and the token authenticates against the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reads_its_service_account_token_and_it_authenticates() {
+    let c = cluster().await;
+    c.apply(API_READER);
+    c.until("the reader is Running", || async {
+        pod(&c, "reader")
+            .await
+            .and_then(|p| p.status?.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let read = |file: &str| c.kubectl(&["exec", "reader", "--", "cat", &format!("{dir}/{file}")]);
+    assert_eq!(read("namespace"), "default");
+    let ca = std::fs::read_to_string(c.master.dir().join("pki/ca.crt")).expect("ca.crt");
+    assert_eq!(read("ca.crt"), ca);
+    let token = read("token");
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let listing = c.kubectl(&["exec", "reader", "--", "ls", "-lL", dir]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rw-r--r--") && l.ends_with(" token")),
+        "{listing}"
+    );
+    // Bound to this pod: its claims name the pod's UID.
+    use base64::Engine as _;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap_or_default())
+            .expect("base64url claims"),
+    )
+    .expect("json claims");
+    let uid = pod(&c, "reader").await.and_then(|p| p.metadata.uid);
+    assert_eq!(
+        claims["kubernetes.io"]["pod"]["uid"].as_str(),
+        uid.as_deref(),
+        "{claims}"
+    );
+    assert_eq!(claims["sub"], "system:serviceaccount:default:default");
+    let out = c
+        .master
+        .kubectl(&["--token", &token, "get", "pods", "-o", "name"])
+        .expect("kubectl --token");
+    assert!(
+        out.status.success(),
+        "the pod's token was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pod/reader"));
+}

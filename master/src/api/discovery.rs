@@ -112,6 +112,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Json<Value>> {
                     None,
                 ),
                 "finalize" => (r.kind, vec!["update"], None),
+                "token" => (
+                    "TokenRequest",
+                    vec!["create"],
+                    Some(("authentication.k8s.io", "v1")),
+                ),
                 _ => (r.kind, vec!["get"], None),
             };
             let mut entry = json!({

@@ -67,6 +67,18 @@ pub async fn handle(
         if sub != "status" {
             let body = match method {
                 Method::GET | Method::DELETE => Bytes::new(),
+                // kubectl's typed client sends TokenRequests as protobuf.
+                _ if sub == "token" && is_protobuf(&headers) => {
+                    let raw = read_limited(&headers, body).await?;
+                    super::protobuf::token_request_json(&raw)
+                        .map(|v| Bytes::from(v.to_string()))
+                        .map_err(|e| {
+                            ApiError::bad_request(format!(
+                                "TokenRequest in version \"v1\" cannot be handled as a \
+                                 TokenRequest: {e}"
+                            ))
+                        })?
+                }
                 _ => read_body(&headers, body).await?,
             };
             return super::subresources::handle(state, method, target, query, &headers, body).await;
@@ -125,6 +137,19 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
             ),
         ));
     }
+    read_limited(headers, body).await
+}
+
+/// Whether the request body is protobuf.
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("protobuf"))
+}
+
+/// Reads a body of any type up to [`MAX_BODY`].
+async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -423,6 +448,7 @@ async fn create(
     let mut object = Value::Object(object);
     super::defaults::apply(r.kind, &mut object);
     admission::mutate(&state, r, &mut object);
+    admission::service_account(&state, r, &mut object).await?;
     admission::validate(r, &object, None)?;
     if dry_run(&query) {
         let response = json_response(StatusCode::CREATED, &object);

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod patch_meta;
 pub mod pki;
 pub mod propagation;
+pub mod protobuf;
 pub mod proxy;
 pub mod resources;
 pub mod selectors;
@@ -23,6 +24,7 @@ pub mod smp;
 pub mod status;
 pub mod subresources;
 pub mod tables;
+pub mod tokens;
 pub mod validation;
 pub mod watch;
 pub mod watchcache;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub allocator: Arc<allocator::Allocator>,
     /// The tolerations every pod gets unless it has its own (DefaultTolerationSeconds).
     pub default_tolerations: admission::DefaultTolerations,
+    /// The service-account token issuer and the API's audiences.
+    pub tokens: tokens::TokenConfig,
 }
 
 impl AppState {
@@ -70,7 +74,15 @@ impl AppState {
             pki: Arc::new(pki),
             allocator,
             default_tolerations: admission::DefaultTolerations::default(),
+            tokens: tokens::TokenConfig::default(),
         }
+    }
+
+    /// Sets the service-account token issuer and API audiences (`--service-account-issuer`,
+    /// `--api-audiences`).
+    pub fn with_token_config(mut self, tokens: tokens::TokenConfig) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// Sets the DefaultTolerationSeconds admission's tolerations (300 seconds each by default);
@@ -114,9 +126,12 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Bearer-token authentication: the admin token, or a service-account token (JWS) that
+/// [`tokens::authenticate`] accepts. Every authenticated user may do everything (there is no
+/// authorization yet); a service account's identity goes into the request's extensions.
 async fn authenticate(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let token = request
@@ -124,12 +139,25 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(str::trim)
+        .map(str::to_string);
+    let unauthorized =
+        || ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response();
     match token {
-        Some(token) if state.pki.check_token(token) => next.run(request).await,
-        _ => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response()
+        Some(token) if state.pki.check_token(&token) => next.run(request).await,
+        Some(token) if tokens::looks_like_jwt(&token) => {
+            match tokens::authenticate(&state, &token).await {
+                Ok(user) => {
+                    request.extensions_mut().insert(user);
+                    next.run(request).await
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "rejected a service account token");
+                    unauthorized()
+                }
+            }
         }
+        _ => unauthorized(),
     }
 }
 

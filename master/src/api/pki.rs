@@ -2,10 +2,12 @@
 //!
 //! On first start [`load_or_create`] makes a cluster CA (`ca.crt`, `ca.key`), a serving
 //! certificate for the API server signed by it (`apiserver.crt`, `apiserver.key`) and the admin
-//! bearer token (`admin.token`). Later starts load them. The serving certificate is re-issued
+//! bearer token (`admin.token`), and the service-account signing key (`sa.key`, its public half
+//! in `sa.pub`, as kubeadm names them). Later starts load them. The serving certificate is re-issued
 //! from the same CA when it lacks a requested subject alternative name, expires within 30 days,
-//! does not match its key or was not signed by the current CA; the CA and the token are never
-//! replaced automatically, since every kubeconfig and node trusts them.
+//! does not match its key or was not signed by the current CA; the CA, the token and the
+//! service-account key are never replaced automatically, since every kubeconfig, node and
+//! issued service-account token depends on them.
 //!
 //! Keys and the token are written with mode 0600 in a directory of mode 0700, each file
 //! atomically (temporary file, fsync, rename), so a crash never leaves a half-written key.
@@ -22,6 +24,11 @@ use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use ring::rand::SystemRandom;
+use ring::signature::{
+    EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -40,6 +47,11 @@ pub const SERVER_CERT_FILE: &str = "apiserver.crt";
 pub const SERVER_KEY_FILE: &str = "apiserver.key";
 /// The admin bearer token, one line.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The key that signs service-account tokens (kube-apiserver's
+/// `--service-account-signing-key-file`): ECDSA P-256, PKCS#8 PEM.
+pub const SERVICE_ACCOUNT_KEY_FILE: &str = "sa.key";
+/// Its public key (`--service-account-key-file`), PKIX PEM, for whoever verifies the tokens.
+pub const SERVICE_ACCOUNT_PUBLIC_KEY_FILE: &str = "sa.pub";
 /// The client certificate the API server presents to node agents (`pods/log`, `pods/exec`).
 pub const KUBELET_CLIENT_CERT_FILE: &str = "apiserver-kubelet-client.crt";
 /// Its private key.
@@ -157,6 +169,8 @@ pub struct Pki {
     pub kubelet_client_cert_pem: String,
     /// Its PKCS#8 private key (`apiserver-kubelet-client.key`).
     pub kubelet_client_key_pem: String,
+    /// The service-account token signing key (`sa.key`).
+    pub service_account_key: Arc<ServiceAccountKey>,
     dir: PathBuf,
 }
 
@@ -170,6 +184,7 @@ impl fmt::Debug for Pki {
             .field("admin_token", &"[redacted]")
             .field("kubelet_client_cert_pem", &self.kubelet_client_cert_pem)
             .field("kubelet_client_key_pem", &"[redacted]")
+            .field("service_account_key", &self.service_account_key)
             .finish()
     }
 }
@@ -196,6 +211,7 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
     let (server_cert_pem, server_key_pem) = load_or_issue_server_cert(dir, &ca, &wanted, now)?;
     let (kubelet_client_cert_pem, kubelet_client_key_pem) =
         load_or_issue_kubelet_client_cert(dir, &ca, now)?;
+    let service_account_key = Arc::new(load_or_create_service_account_key(dir)?);
     Ok(Pki {
         ca_cert_pem: ca.cert_pem,
         server_cert_pem,
@@ -203,8 +219,146 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
         admin_token,
         kubelet_client_cert_pem,
         kubelet_client_key_pem,
+        service_account_key,
         dir: dir.to_path_buf(),
     })
+}
+
+/// The key that signs and verifies service-account tokens (JWS `ES256`): ECDSA P-256 in ring.
+pub struct ServiceAccountKey {
+    key_pair: EcdsaKeyPair,
+    rng: SystemRandom,
+    /// The JWS `kid`: unpadded base64url of the SHA-256 of the public key's PKIX DER, as
+    /// kube-apiserver computes it.
+    pub key_id: String,
+}
+
+impl fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The PKIX (SubjectPublicKeyInfo) DER prefix of an uncompressed P-256 point: id-ecPublicKey,
+/// prime256v1, then the 65-byte BIT STRING.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+impl ServiceAccountKey {
+    /// A key from its PKCS#8 DER; the error says why ring refused it.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+        let rng = SystemRandom::new();
+        let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+            .map_err(|e| format!("not an ecdsa p-256 pkcs#8 key: {e}"))?;
+        let key_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(ring::digest::digest(&ring::digest::SHA256, &spki_der(&key_pair)).as_ref());
+        Ok(Self {
+            key_pair,
+            rng,
+            key_id,
+        })
+    }
+
+    /// A new random key (tests; [`load_or_create`] persists its own).
+    pub fn generate() -> Result<Self, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
+            PkiError::Generate {
+                what: "the service account signing key",
+                source,
+            }
+        })?;
+        Self::from_pkcs8(&key.serialize_der()).map_err(|detail| PkiError::Invalid {
+            path: PathBuf::new(),
+            what: "generated service account key",
+            detail,
+        })
+    }
+
+    /// The ES256 signature of `message` (JWS form: r and s, 32 bytes each).
+    pub fn sign(&self, message: &[u8]) -> Option<Vec<u8>> {
+        self.key_pair
+            .sign(&self.rng, message)
+            .ok()
+            .map(|s| s.as_ref().to_vec())
+    }
+
+    /// Whether `signature` is this key's ES256 signature of `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(
+            &ECDSA_P256_SHA256_FIXED,
+            self.key_pair.public_key().as_ref(),
+        )
+        .verify(message, signature)
+        .is_ok()
+    }
+
+    /// The public key as PKIX PEM (`sa.pub`).
+    pub fn public_key_pem(&self) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(spki_der(&self.key_pair));
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+}
+
+fn spki_der(key_pair: &EcdsaKeyPair) -> Vec<u8> {
+    let mut der = P256_SPKI_PREFIX.to_vec();
+    der.extend_from_slice(key_pair.public_key().as_ref());
+    der
+}
+
+/// Loads `sa.key`, or creates it (and `sa.pub`) on first start. `sa.pub` is rewritten from the
+/// key when missing or different.
+fn load_or_create_service_account_key(dir: &Path) -> Result<ServiceAccountKey, PkiError> {
+    let key_path = dir.join(SERVICE_ACCOUNT_KEY_FILE);
+    let pub_path = dir.join(SERVICE_ACCOUNT_PUBLIC_KEY_FILE);
+    let key = match read_optional(&key_path)? {
+        Some(bytes) => {
+            let pair = parse_key_pem(&key_path, &bytes)?;
+            ServiceAccountKey::from_pkcs8(&pair.serialize_der()).map_err(|detail| {
+                PkiError::Invalid {
+                    path: key_path.clone(),
+                    what: "service account signing key",
+                    detail,
+                }
+            })?
+        }
+        None => {
+            let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
+                PkiError::Generate {
+                    what: "the service account signing key",
+                    source,
+                }
+            })?;
+            let key = ServiceAccountKey::from_pkcs8(&pair.serialize_der()).map_err(|detail| {
+                PkiError::Invalid {
+                    path: key_path.clone(),
+                    what: "generated service account key",
+                    detail,
+                }
+            })?;
+            write_atomic(
+                &key_path,
+                pair.serialize_pem().as_bytes(),
+                PRIVATE_FILE_MODE,
+            )?;
+            tracing::info!(path = %key_path.display(), "created the service account signing key");
+            key
+        }
+    };
+    let public = key.public_key_pem();
+    if read_optional(&pub_path)?.as_deref() != Some(public.as_bytes()) {
+        write_atomic(&pub_path, public.as_bytes(), PUBLIC_FILE_MODE)?;
+    }
+    Ok(key)
 }
 
 impl Pki {
@@ -834,10 +988,19 @@ mod tests {
         let pki = load_or_create(&dir, &hosts(&["10.96.0.1", "Master.Example"])).unwrap();
 
         assert_eq!(mode(&dir), 0o700);
-        for file in [CA_KEY_FILE, SERVER_KEY_FILE, ADMIN_TOKEN_FILE] {
+        for file in [
+            CA_KEY_FILE,
+            SERVER_KEY_FILE,
+            ADMIN_TOKEN_FILE,
+            SERVICE_ACCOUNT_KEY_FILE,
+        ] {
             assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
         }
-        for file in [CA_CERT_FILE, SERVER_CERT_FILE] {
+        for file in [
+            CA_CERT_FILE,
+            SERVER_CERT_FILE,
+            SERVICE_ACCOUNT_PUBLIC_KEY_FILE,
+        ] {
             assert_eq!(mode(&dir.join(file)), 0o644, "{file}");
         }
         assert_eq!(
@@ -897,6 +1060,13 @@ mod tests {
         assert_eq!(first.admin_token, second.admin_token);
         assert_eq!(first.server_cert_pem, second.server_cert_pem);
         assert_eq!(first.server_key_pem, second.server_key_pem);
+        assert_eq!(
+            first.service_account_key.key_id,
+            second.service_account_key.key_id
+        );
+        let signature = first.service_account_key.sign(b"claims").unwrap();
+        assert!(second.service_account_key.verify(b"claims", &signature));
+        assert!(!second.service_account_key.verify(b"claimz", &signature));
         // Fewer hosts than the certificate covers: still fine as it is.
         let third = load_or_create(tmp.path(), &hosts(&["node-1"])).unwrap();
         assert_eq!(first.server_cert_pem, third.server_cert_pem);

@@ -86,7 +86,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", core::Event, "Event", "events", "event", true,
         short: &["ev"], categories: NONE, sub: NONE),
     resource!("", "v1", core::ServiceAccount, "ServiceAccount", "serviceaccounts", "serviceaccount", true,
-        short: &["sa"], categories: NONE, sub: NONE),
+        short: &["sa"], categories: NONE, sub: &["token"]),
     resource!("apps", "v1", apps::Deployment, "Deployment", "deployments", "deployment", true,
         short: &["deploy"], categories: ALL, sub: &["status", "scale"]),
     resource!("apps", "v1", apps::ReplicaSet, "ReplicaSet", "replicasets", "replicaset", true,

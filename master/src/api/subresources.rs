@@ -1,7 +1,8 @@
 //! Subresources other than `status`: `scale` (autoscaling/v1 Scale over a workload's
 //! `spec.replicas`), `binding` (the scheduler's way to set a pod's node), `eviction` (a graceful
-//! delete through the Eviction API). The node-proxied ones (`pods/log`, `pods/exec`,
-//! `nodes/proxy`) never reach this module: `api::route` hands them to [`super::proxy`].
+//! delete through the Eviction API), `token` (handed to [`super::tokens`]). The node-proxied
+//! ones (`pods/log`, `pods/exec`, `nodes/proxy`) never reach this module: `api::route` hands
+//! them to [`super::proxy`].
 
 use std::sync::Arc;
 
@@ -39,10 +40,13 @@ pub async fn handle(
         ("scale", &Method::PATCH) => patch_scale(&state, &target, &query, headers, body).await,
         ("binding", &Method::POST) => bind(&state, &target, &query, body).await,
         ("eviction", &Method::POST) => evict(&state, &target, &query, body).await,
+        ("token", &Method::POST) => super::tokens::create_token(&state, &target, body).await,
         ("finalize", &Method::PUT) => {
             super::propagation::finalize(state, &target, &query, body).await
         }
-        ("scale" | "binding" | "eviction" | "finalize", method) => Err(method_not_allowed(method)),
+        ("scale" | "binding" | "eviction" | "finalize" | "token", method) => {
+            Err(method_not_allowed(method))
+        }
         (sub, _) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",

@@ -1140,6 +1140,37 @@ fn volume_source(errs: &mut Errors, path: &Path, v: &core::Volume) {
     if let Some(limit) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) {
         quantity_nonnegative(errs, &path.child("emptyDir").child("sizeLimit"), limit);
     }
+    if let Some(projected) = &v.projected {
+        let projected_path = path.child("projected");
+        for (i, source) in projected.sources.iter().flatten().enumerate() {
+            let Some(token) = &source.service_account_token else {
+                continue;
+            };
+            let token_path = projected_path
+                .child("sources")
+                .index(i)
+                .child("serviceAccountToken");
+            let seconds = token.expiration_seconds.unwrap_or(3600);
+            if seconds < 600 {
+                errs.push(FieldError::invalid(
+                    &token_path.child("expirationSeconds"),
+                    seconds,
+                    "may not specify a duration less than 10 minutes",
+                ));
+            }
+            if seconds > 1 << 32 {
+                errs.push(FieldError::invalid(
+                    &token_path.child("expirationSeconds"),
+                    seconds,
+                    "may not specify a duration larger than 2^32 seconds",
+                ));
+            }
+            if token.path.is_empty() {
+                // kube reports this on the projection's path, not the source's.
+                errs.push(FieldError::required(&projected_path.child("path"), ""));
+            }
+        }
+    }
 }
 
 fn container(
@@ -3794,6 +3825,26 @@ mod tests {
                 "Pod",
                 pod(json!({"volumes": [{"name": "Data", "emptyDir": {}}]})),
                 "spec.volumes[0].name",
+            ),
+            (
+                "Pod",
+                pod(
+                    json!({"volumes": [{"name": "t", "projected": {"sources": [{"configMap": {"name": "c"}},
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 599}}]}}]}),
+                ),
+                "spec.volumes[0].projected.sources[1].serviceAccountToken.expirationSeconds",
+            ),
+            (
+                "Pod",
+                pod(json!({"volumes": [{"name": "t", "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 4294967297_i64}}]}}]})),
+                "spec.volumes[0].projected.sources[0].serviceAccountToken.expirationSeconds",
+            ),
+            (
+                "Pod",
+                pod(json!({"volumes": [{"name": "t", "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "", "expirationSeconds": 3600}}]}}]})),
+                "spec.volumes[0].projected.path",
             ),
             (
                 "Pod",

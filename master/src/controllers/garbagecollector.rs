@@ -599,6 +599,7 @@ mod tests {
         i.endpoints.mark_synced();
         i.endpoint_slices.mark_synced();
         i.service_accounts.mark_synced();
+        i.root_ca_config_maps.mark_synced();
         i.replica_sets.mark_synced();
         i.deployments.mark_synced();
         i.daemon_sets.mark_synced();

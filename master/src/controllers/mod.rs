@@ -21,6 +21,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod rootcacert;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -35,7 +36,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use tokio::task::JoinSet;
@@ -69,9 +72,7 @@ pub struct Config {
     /// Controllers to run: `*` for all, a name to enable one, `-name` to disable one
     /// (for example `*,-cronjob`; empty runs none). Names: replicaset, deployment, daemonset, statefulset, job,
     /// cronjob, ttl-after-finished, endpoint, endpointslice, nodelifecycle, nodeipam, namespace,
-    /// garbagecollector, serviceaccount, scheduler.
-    /// cronjob, endpoint, endpointslice, nodelifecycle, nodeipam, namespace, garbagecollector,
-    /// podgc, serviceaccount, scheduler.
+    /// garbagecollector, podgc, serviceaccount, root-ca-cert-publisher, scheduler.
     #[arg(
         long,
         env = "SKIFF_CONTROLLERS",
@@ -110,6 +111,10 @@ pub struct Config {
     /// The prefix length of each node's `podCIDR`.
     #[arg(long, env = "SKIFF_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+    /// The CA bundle published as `kube-root-ca.crt` in every namespace; `skiff-master`
+    /// defaults it to its own `<data-dir>/pki/ca.crt`.
+    #[arg(long, env = "SKIFF_ROOT_CA_FILE")]
+    pub root_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -174,6 +179,8 @@ pub struct Informers {
     pub endpoints: Informer<Endpoints>,
     pub endpoint_slices: Informer<EndpointSlice>,
     pub service_accounts: Informer<ServiceAccount>,
+    /// Only the `kube-root-ca.crt` ConfigMaps (a field selector on the watch).
+    pub root_ca_config_maps: Informer<ConfigMap>,
     pub replica_sets: Informer<ReplicaSet>,
     pub deployments: Informer<Deployment>,
     pub daemon_sets: Informer<DaemonSet>,
@@ -198,9 +205,28 @@ impl Informers {
                 + Sync
                 + 'static,
         {
+            go_with(tasks, informer, api, None);
+        }
+        fn go_with<K>(
+            tasks: &mut JoinSet<()>,
+            informer: &Informer<K>,
+            api: kube::Api<K>,
+            fields: Option<&str>,
+        ) where
+            K: kube::Resource<DynamicType = ()>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug
+                + Send
+                + Sync
+                + 'static,
+        {
             let informer = informer.clone();
             // Bookmarks keep resumption cheap; pages of 500 keep the first list's memory low.
-            let config = watcher::Config::default().page_size(500).any_semantic();
+            let mut config = watcher::Config::default().page_size(500).any_semantic();
+            if let Some(fields) = fields {
+                config = config.fields(fields);
+            }
             tasks.spawn(informer.run(api, config));
         }
         let c = client.clone();
@@ -211,6 +237,12 @@ impl Informers {
         go(tasks, &self.endpoints, kube::Api::all(c.clone()));
         go(tasks, &self.endpoint_slices, kube::Api::all(c.clone()));
         go(tasks, &self.service_accounts, kube::Api::all(c.clone()));
+        go_with(
+            tasks,
+            &self.root_ca_config_maps,
+            kube::Api::all(c.clone()),
+            Some(&format!("metadata.name={}", rootcacert::CONFIG_MAP)),
+        );
         go(tasks, &self.replica_sets, kube::Api::all(c.clone()));
         go(tasks, &self.deployments, kube::Api::all(c.clone()));
         go(tasks, &self.daemon_sets, kube::Api::all(c.clone()));
@@ -234,6 +266,7 @@ impl Informers {
         self.endpoints.wait_synced().await;
         self.endpoint_slices.wait_synced().await;
         self.service_accounts.wait_synced().await;
+        self.root_ca_config_maps.wait_synced().await;
         self.replica_sets.wait_synced().await;
         self.deployments.wait_synced().await;
         self.daemon_sets.wait_synced().await;
@@ -295,6 +328,7 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
         ("endpoint", endpoints::start),
         ("endpointslice", endpointslice::start),
         ("serviceaccount", serviceaccount::start),
+        ("root-ca-cert-publisher", rootcacert::start),
         ("nodeipam", nodeipam::start),
         ("daemonset", daemonset::start),
         ("statefulset", statefulset::start),

@@ -1,10 +1,10 @@
 //! A container's command line and environment, resolved the way kubelet does: `command`/`args`
 //! over the image's entrypoint/cmd, `$(VAR)` references expanded, values from ConfigMaps,
-//! Secrets and the downward API.
+//! Secrets, the downward API and the `kubernetes` Service.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Service};
 
 /// Where referenced ConfigMap and Secret data comes from (the API, or a fake in tests).
 pub trait Sources {
@@ -12,6 +12,74 @@ pub trait Sources {
     fn config_map(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
     /// The data of Secret `name` in the pod's namespace.
     fn secret(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// A token of the pod's service account bound to the pod, for `audience` (empty: the API's
+    /// own) and `expiration_seconds`, as a `serviceAccountToken` projection asks.
+    fn service_account_token(&self, _audience: &str, _expiration_seconds: i64) -> Option<String> {
+        None
+    }
+    /// The Services whose environment variables every container gets (kubelet's: the
+    /// `kubernetes` Service of `default`).
+    fn services(&self) -> Vec<Service> {
+        Vec::new()
+    }
+}
+
+/// kubelet's environment variables for a Service with a cluster IP (`envvars.FromServices`):
+/// `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT` (the first port), `<NAME>_SERVICE_PORT_<PORT>`
+/// per named port, and the Docker-link style `<NAME>_PORT*`. Headless Services have none.
+pub fn service_env(service: &Service) -> Vec<(String, String)> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    let ip = spec.cluster_ip.clone().unwrap_or_default();
+    if ip.is_empty() || ip == "None" {
+        return Vec::new();
+    }
+    let name = service
+        .metadata
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .to_uppercase()
+        .replace('-', "_");
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let Some(first) = ports.first() else {
+        return Vec::new();
+    };
+    let mut out = vec![
+        (format!("{name}_SERVICE_HOST"), ip.clone()),
+        (format!("{name}_SERVICE_PORT"), first.port.to_string()),
+    ];
+    for port in ports {
+        if let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) {
+            out.push((
+                format!(
+                    "{name}_SERVICE_PORT_{}",
+                    port_name.to_uppercase().replace('-', "_")
+                ),
+                port.port.to_string(),
+            ));
+        }
+    }
+    let protocol = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        p.protocol.clone().unwrap_or_else(|| "TCP".into())
+    };
+    out.push((
+        format!("{name}_PORT"),
+        format!("{}://{ip}:{}", protocol(first).to_lowercase(), first.port),
+    ));
+    for port in ports {
+        let proto = protocol(port);
+        let prefix = format!("{name}_PORT_{}_{}", port.port, proto.to_uppercase());
+        out.push((
+            prefix.clone(),
+            format!("{}://{ip}:{}", proto.to_lowercase(), port.port),
+        ));
+        out.push((format!("{prefix}_PROTO"), proto.to_lowercase()));
+        out.push((format!("{prefix}_PORT"), port.port.to_string()));
+        out.push((format!("{prefix}_ADDR"), ip.clone()));
+    }
+    out
 }
 
 /// Why a container cannot be configured (kubelet shows `CreateContainerConfigError`).
@@ -30,6 +98,8 @@ pub enum ConfigError {
     },
     #[error("unsupported fieldRef {0}")]
     UnsupportedField(String),
+    #[error("failed to fetch token: no token for audience {audience:?} was requested")]
+    TokenMissing { audience: String },
 }
 
 /// Expands `$(NAME)` from `vars`; `$$` escapes a `$`; unknown references stay as written.
@@ -132,6 +202,12 @@ pub fn environment(
             vars.push((k, v));
         }
     };
+    // Service variables override the image's; the container's own override them.
+    for service in sources.services() {
+        for (k, v) in service_env(&service) {
+            set(&mut vars, k, v);
+        }
+    }
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (data, optional) = if let Some(cm) = &from.config_map_ref {
@@ -442,5 +518,32 @@ mod tests {
             command_line(&c(Some(vec!["sh"]), Some(vec!["-c", "x"])), &ep, &cmd, &env),
             ["sh", "-c", "x"]
         );
+    }
+
+    #[test]
+    fn the_kubernetes_service_becomes_kubelets_variables() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.1",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        }))
+        .unwrap();
+        let expected: Vec<(String, String)> = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+            ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+            ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(service_env(&service), expected);
+        let mut headless = service.clone();
+        headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        assert!(service_env(&headless).is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! Each pod has a directory `<root>/pods/<uid>/`; its volumes live under `volumes/<name>`.
 //! `emptyDir` is a directory (a tmpfs with `medium: Memory`), `hostPath` is the host's path,
 //! `configMap`, `secret`, `downwardAPI` and `projected` are files written from the API's data
-//! (secrets on a tmpfs, never on disk). The pod's `/etc/hosts` and `/etc/resolv.conf` are files
+//! (secrets and service-account tokens on a tmpfs, never on disk). The pod's `/etc/hosts` and `/etc/resolv.conf` are files
 //! in the pod directory too.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,9 @@ use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, KeyToPath, Pod, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
+};
 
 use super::env::{field_value, ConfigError, Sources};
 use crate::runtime::spec::BindMount;
@@ -229,6 +231,130 @@ fn downward_files(
     Ok(files)
 }
 
+/// A file to write: relative path, contents, mode.
+type File = (String, Vec<u8>, u32);
+
+/// The files of a projected volume, and whether one is a service-account token.
+fn projected_files(
+    pod: &Pod,
+    projected: &ProjectedVolumeSource,
+    namespace: &str,
+    sources: &dyn Sources,
+) -> Result<(Vec<File>, bool), ConfigError> {
+    let mode = projected.default_mode.map_or(0o644, |m| m as u32);
+    let mut files = Vec::new();
+    let mut has_token = false;
+    for source in projected.sources.iter().flatten() {
+        if let Some(cm) = &source.config_map {
+            files.extend(object_files(
+                "ConfigMap",
+                sources.config_map(&cm.name),
+                namespace,
+                &cm.name,
+                cm.items.as_ref(),
+                cm.optional.unwrap_or(false),
+                mode,
+            )?);
+        }
+        if let Some(secret) = &source.secret {
+            files.extend(object_files(
+                "Secret",
+                sources.secret(&secret.name),
+                namespace,
+                &secret.name,
+                secret.items.as_ref(),
+                secret.optional.unwrap_or(false),
+                mode,
+            )?);
+        }
+        if let Some(downward) = &source.downward_api {
+            files.extend(downward_files(pod, downward.items.as_ref(), mode)?);
+        }
+        if let Some(token) = &source.service_account_token {
+            has_token = true;
+            files.push(token_file(token, sources, mode)?);
+        }
+    }
+    Ok((files, has_token))
+}
+
+/// The file of one `serviceAccountToken` projection (kubelet writes it with the projection's
+/// mode, 0644 by default).
+fn token_file(
+    token: &ServiceAccountTokenProjection,
+    sources: &dyn Sources,
+    mode: u32,
+) -> Result<(String, Vec<u8>, u32), ConfigError> {
+    let (audience, seconds) = token_request_of(token);
+    let value = sources
+        .service_account_token(&audience, seconds)
+        .ok_or(ConfigError::TokenMissing { audience })?;
+    Ok((token.path.clone(), value.into_bytes(), mode))
+}
+
+/// What a projection asks the TokenRequest API for: its audience (empty: the API's own) and
+/// `expirationSeconds` (default 3600).
+fn token_request_of(token: &ServiceAccountTokenProjection) -> (String, i64) {
+    (
+        token.audience.clone().unwrap_or_default(),
+        token.expiration_seconds.unwrap_or(3600),
+    )
+}
+
+/// Every distinct (audience, expirationSeconds) the pod's projected volumes ask tokens for.
+pub fn token_requests(pod: &Pod) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(token_request_of)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Rewrites the token files of the pod's projected volumes from `sources` (fresh tokens), each
+/// atomically (a temporary file renamed over it), so a container never reads half a token.
+/// Volumes not set up yet are skipped: [`prepare`] writes them.
+pub fn write_tokens(pod: &Pod, pod_dir: &Path, sources: &dyn Sources) -> Result<(), VolumeError> {
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(projected) = &v.projected else {
+            continue;
+        };
+        let dir = pod_dir.join("volumes").join(&v.name);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mode = projected.default_mode.map_or(0o644, |m| m as u32);
+        for token in projected
+            .sources
+            .iter()
+            .flatten()
+            .filter_map(|s| s.service_account_token.as_ref())
+        {
+            let (path, data, mode) =
+                token_file(token, sources, mode).map_err(|source| VolumeError::Config {
+                    volume: v.name.clone(),
+                    source,
+                })?;
+            if !safe_relative(&path) {
+                continue;
+            }
+            let target = dir.join(&path);
+            let tmp = dir.join(format!(".{path}.tmp").replace('/', "_"));
+            std::fs::write(&tmp, &data).map_err(io_err(&v.name))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))
+                .map_err(io_err(&v.name))?;
+            std::fs::rename(&tmp, &target).map_err(io_err(&v.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Sets up every volume of the pod under `pod_dir/volumes`; returns each volume's host path.
 pub fn prepare(
     pod: &Pod,
@@ -321,44 +447,11 @@ pub fn prepare(
             let files = downward_files(pod, downward.items.as_ref(), mode).map_err(config)?;
             write_files(&dir, &files, name)?;
         } else if let Some(projected) = &v.projected {
-            let mode = projected.default_mode.map_or(0o644, |m| m as u32);
-            let mut files = Vec::new();
-            for source in projected.sources.iter().flatten() {
-                if let Some(cm) = &source.config_map {
-                    files.extend(
-                        object_files(
-                            "ConfigMap",
-                            sources.config_map(&cm.name),
-                            &namespace,
-                            &cm.name,
-                            cm.items.as_ref(),
-                            cm.optional.unwrap_or(false),
-                            mode,
-                        )
-                        .map_err(config)?,
-                    );
-                }
-                if let Some(secret) = &source.secret {
-                    files.extend(
-                        object_files(
-                            "Secret",
-                            sources.secret(&secret.name),
-                            &namespace,
-                            &secret.name,
-                            secret.items.as_ref(),
-                            secret.optional.unwrap_or(false),
-                            mode,
-                        )
-                        .map_err(config)?,
-                    );
-                }
-                if let Some(downward) = &source.downward_api {
-                    files.extend(
-                        downward_files(pod, downward.items.as_ref(), mode).map_err(config)?,
-                    );
-                }
-                // serviceAccountToken sources need the TokenRequest API, which the master does not
-                // serve yet: the projected volume is made without the token.
+            let (files, has_token) =
+                projected_files(pod, projected, &namespace, sources).map_err(config)?;
+            // Like secrets, tokens never touch the disk.
+            if has_token {
+                mount_tmpfs(&dir, None).map_err(io_err(name))?;
             }
             write_files(&dir, &files, name)?;
         } else {
@@ -478,6 +571,9 @@ mod tests {
         fn secret(&self, _: &str) -> Option<BTreeMap<String, Vec<u8>>> {
             None
         }
+        fn service_account_token(&self, audience: &str, seconds: i64) -> Option<String> {
+            (audience.is_empty() && seconds == 3607).then(|| "header.claims.signature".into())
+        }
     }
 
     fn pod(volumes: Vec<Volume>) -> Pod {
@@ -581,5 +677,78 @@ mod tests {
             ..Container::default()
         };
         assert!(container_mounts(&container, &BTreeMap::new()).is_err());
+    }
+
+    /// The admission's `kube-api-access-*` volume, as the master writes it.
+    fn api_access() -> ProjectedVolumeSource {
+        serde_json::from_value(serde_json::json!({
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "cm", "items": [{"key": "app.conf", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn projected_service_account_tokens() {
+        let p = pod(vec![Volume {
+            name: "kube-api-access-abcde".into(),
+            projected: Some(api_access()),
+            ..Volume::default()
+        }]);
+        assert_eq!(token_requests(&p), [(String::new(), 3607)]);
+        let (files, has_token) = projected_files(&p, &api_access(), "default", &Fake).unwrap();
+        assert!(has_token);
+        assert_eq!(
+            files,
+            [
+                (
+                    "token".to_string(),
+                    b"header.claims.signature".to_vec(),
+                    0o644
+                ),
+                ("ca.crt".to_string(), b"x=1".to_vec(), 0o644),
+                ("namespace".to_string(), b"default".to_vec(), 0o644),
+            ]
+        );
+        // A projection whose token was not fetched is an error naming the audience.
+        let mut vault = api_access();
+        vault.sources.as_mut().unwrap()[0]
+            .service_account_token
+            .as_mut()
+            .unwrap()
+            .audience = Some("vault".into());
+        assert_eq!(
+            projected_files(&p, &vault, "default", &Fake)
+                .unwrap_err()
+                .to_string(),
+            "failed to fetch token: no token for audience \"vault\" was requested"
+        );
+        // Refreshing rewrites only the token, in volumes that exist.
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volumes/kube-api-access-abcde");
+        std::fs::create_dir_all(&volume).unwrap();
+        std::fs::write(volume.join("token"), "old").unwrap();
+        write_tokens(&p, dir.path(), &Fake).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(volume.join("token")).unwrap(),
+            "header.claims.signature"
+        );
+        assert_eq!(
+            std::fs::metadata(volume.join("token"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o644
+        );
+        assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 1);
+        let other = tempfile::tempdir().unwrap();
+        write_tokens(&p, other.path(), &Fake).unwrap();
+        assert!(!other.path().join("volumes").exists());
     }
 }

@@ -16,11 +16,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, LifecycleHandler, Pod, PodStatus, Probe, Secret,
+    ConfigMap, Container, LifecycleHandler, Pod, PodStatus, Probe, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::Api;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -47,6 +48,16 @@ const RESYNC: Duration = Duration::from_secs(60);
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// Retry delay after a failed step (API or runtime error).
 const RETRY: Duration = Duration::from_secs(2);
+/// How soon a failed token refresh is tried again.
+const TOKEN_RETRY: Duration = Duration::from_secs(10);
+/// A projected token is refreshed after at most this long, whatever its lifetime (kubelet's).
+const TOKEN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// When to request a token again, `ttl` after it was issued: once 80% of its lifetime has
+/// passed, or after 24 hours (kubelet's token manager).
+fn token_refresh_after(ttl: Duration) -> Duration {
+    ttl.mul_f64(0.8).min(TOKEN_MAX_AGE)
+}
 
 /// What wakes a worker.
 #[derive(Debug)]
@@ -173,6 +184,8 @@ pub struct Worker {
     slots: Vec<Slot>,
     sandbox: Option<Sandbox>,
     volumes: Option<BTreeMap<String, PathBuf>>,
+    /// When the projected service-account tokens are next requested again.
+    token_refresh_at: Option<Instant>,
     start_time: Option<Timestamp>,
     written: Option<PodStatus>,
     gone: bool,
@@ -240,6 +253,7 @@ impl Worker {
             slots: Vec::new(),
             sandbox,
             volumes: None,
+            token_refresh_at: None,
             start_time: None,
             written: None,
             gone: false,
@@ -470,6 +484,9 @@ impl Worker {
             self.write_status().await;
             return Some(Instant::now() + RETRY);
         }
+        if let Some(at) = self.refresh_tokens().await {
+            soonest(at);
+        }
         if let Some(deadline) = self.active_deadline() {
             if Instant::now() >= deadline {
                 self.failed = Some((
@@ -650,6 +667,7 @@ impl Worker {
                     message: e.to_string(),
                 })?;
             self.volumes = Some(prepared);
+            self.token_refresh_at = sources.token_refresh.map(|d| Instant::now() + d);
         }
         let vols = self.volumes.clone().unwrap_or_default();
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -954,10 +972,21 @@ impl Worker {
         config_maps.dedup();
         secrets.sort();
         secrets.dedup();
+        let mut out = Prefetched::default();
+        if self.volumes.is_none() {
+            (out.tokens, out.token_refresh) = self.fetch_tokens().await?;
+        }
+        // kubelet gives every container the `kubernetes` Service's variables.
+        let services: Api<Service> = Api::namespaced(self.deps.client.clone(), "default");
+        match services.get_opt("kubernetes").await {
+            Ok(service) => out.services.extend(service),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read service default/kubernetes; its variables are left out");
+            }
+        }
         let ns = self.pod.metadata.namespace.as_deref().unwrap_or("default");
         let cm_api: Api<ConfigMap> = Api::namespaced(self.deps.client.clone(), ns);
         let secret_api: Api<Secret> = Api::namespaced(self.deps.client.clone(), ns);
-        let mut out = Prefetched::default();
         for name in config_maps {
             match cm_api.get_opt(&name).await {
                 Ok(Some(cm)) => {
@@ -1001,6 +1030,97 @@ impl Worker {
             }
         }
         Ok(out)
+    }
+
+    /// Requests a token bound to this pod for every (audience, expirationSeconds) its projected
+    /// volumes ask for (TokenRequest on its service account, as kubelet); returns them and when
+    /// the first needs refreshing.
+    async fn fetch_tokens(&self) -> Result<(TokenMap, Option<Duration>), String> {
+        let requests = volumes::token_requests(&self.pod);
+        let mut tokens = TokenMap::new();
+        let mut refresh: Option<Duration> = None;
+        if requests.is_empty() {
+            return Ok((tokens, refresh));
+        }
+        let ns = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let account = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let api: Api<ServiceAccount> = Api::namespaced(self.deps.client.clone(), ns);
+        for (audience, seconds) in requests {
+            let request = TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: if audience.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![audience.clone()]
+                    },
+                    expiration_seconds: Some(seconds),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: self.pod.metadata.name.clone(),
+                        uid: Some(self.uid.clone()),
+                    }),
+                },
+                ..TokenRequest::default()
+            };
+            let issued = api
+                .create_token_request(&account, &PostParams::default(), &request)
+                .await
+                .map_err(|e| format!("failed to fetch token: {e}"))?;
+            let Some(status) = issued.status else {
+                return Err("failed to fetch token: the answer has no status".into());
+            };
+            let ttl = Duration::try_from(status.expiration_timestamp.0.duration_since(now()))
+                .unwrap_or_default();
+            let after = token_refresh_after(ttl);
+            refresh = Some(refresh.map_or(after, |r| r.min(after)));
+            tokens.insert((audience, seconds), status.token);
+        }
+        Ok((tokens, refresh))
+    }
+
+    /// Requests fresh tokens once the current ones are due and rewrites them in the pod's
+    /// projected volumes; returns when to look again. Before the volumes are first set up
+    /// there is nothing to refresh ([`volumes::prepare`] writes the first tokens); after an
+    /// agent restart the adopted pod's tokens are refreshed at once.
+    async fn refresh_tokens(&mut self) -> Option<Instant> {
+        if volumes::token_requests(&self.pod).is_empty() {
+            return None;
+        }
+        let pod_dir = volumes::pod_dir(&self.deps.root, &self.uid);
+        if self.volumes.is_none() && !pod_dir.join("volumes").is_dir() {
+            return None;
+        }
+        if let Some(at) = self.token_refresh_at.filter(|at| Instant::now() < *at) {
+            return Some(at);
+        }
+        let fetched = self.fetch_tokens().await.and_then(|(tokens, refresh)| {
+            let sources = Prefetched {
+                tokens,
+                ..Prefetched::default()
+            };
+            volumes::write_tokens(&self.pod, &pod_dir, &sources)
+                .map(|()| refresh)
+                .map_err(|e| e.to_string())
+        });
+        let at = match fetched {
+            Ok(refresh) => {
+                tracing::debug!(pod = %pod_name(&self.pod), "refreshed the service account tokens");
+                Instant::now() + refresh.unwrap_or(RESYNC)
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod_name(&self.pod), error = %e, "cannot refresh the service account tokens");
+                Instant::now() + TOKEN_RETRY
+            }
+        };
+        self.token_refresh_at = Some(at);
+        Some(at)
     }
 
     async fn ensure_sandbox(&mut self) -> anyhow::Result<()> {
@@ -1450,11 +1570,18 @@ struct StartError {
     message: String,
 }
 
-/// ConfigMaps and Secrets read from the API for one container start.
+/// Service-account tokens by (audience, expirationSeconds).
+type TokenMap = BTreeMap<(String, i64), String>;
+
+/// ConfigMaps, Secrets, tokens and Services read from the API for one container start.
 #[derive(Default)]
 struct Prefetched {
     config_maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    tokens: TokenMap,
+    /// How soon the first of `tokens` should be requested again.
+    token_refresh: Option<Duration>,
+    services: Vec<Service>,
 }
 
 impl Sources for Prefetched {
@@ -1463,6 +1590,14 @@ impl Sources for Prefetched {
     }
     fn secret(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         self.secrets.get(name).cloned()
+    }
+    fn service_account_token(&self, audience: &str, expiration_seconds: i64) -> Option<String> {
+        self.tokens
+            .get(&(audience.to_string(), expiration_seconds))
+            .cloned()
+    }
+    fn services(&self) -> Vec<Service> {
+        self.services.clone()
     }
 }
 
@@ -1503,4 +1638,28 @@ pub fn oom_killed(cgroups_path: &str) -> bool {
         )
     });
     v1.or(v2).is_some_and(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_refreshed_at_80_percent_or_after_a_day() {
+        let check = |ttl_secs: u64, expected_secs: u64| {
+            assert_eq!(
+                token_refresh_after(Duration::from_secs(ttl_secs)),
+                Duration::from_secs(expected_secs),
+                "ttl {ttl_secs}"
+            );
+        };
+        assert_eq!(
+            token_refresh_after(Duration::from_secs(3607)),
+            Duration::from_millis(2_885_600)
+        );
+        check(3600, 2880);
+        check(600, 480);
+        check(0, 0);
+        check(365 * 24 * 3600, 24 * 3600);
+    }
 }
