@@ -78,10 +78,7 @@ pub fn selected_pods(pods: &Informer<Pod>, svc: &Service) -> Vec<Arc<Pod>> {
     else {
         return Vec::new();
     };
-    pods.list_in(ns)
-        .into_iter()
-        .filter(|p| selector_matches(selector, p.metadata.labels.as_ref()))
-        .collect()
+    pods.list_in_labelled(ns, |labels| selector_matches(selector, labels))
 }
 
 /// Whether the pod's `Ready` condition is `True`.

@@ -69,6 +69,7 @@ impl Kind {
         K: Resource<DynamicType = ()>
             + Clone
             + DeserializeOwned
+            + serde::Serialize
             + std::fmt::Debug
             + Send
             + Sync
@@ -225,6 +226,7 @@ where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
+        + serde::Serialize
         + std::fmt::Debug
         + Send
         + Sync

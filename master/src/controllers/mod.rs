@@ -170,8 +170,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The shared caches, one per kind, each fed by one watch.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Informers {
+    /// Compact ([`Informer::compact`]): pods are the one kind counted in tens of thousands.
     pub pods: Informer<Pod>,
     pub nodes: Informer<Node>,
     pub namespaces: Informer<Namespace>,
@@ -192,6 +193,28 @@ pub struct Informers {
     pub node_leases: Informer<Lease>,
 }
 
+impl Default for Informers {
+    fn default() -> Self {
+        Informers {
+            pods: Informer::compact(),
+            nodes: Informer::new(),
+            namespaces: Informer::new(),
+            services: Informer::new(),
+            endpoints: Informer::new(),
+            endpoint_slices: Informer::new(),
+            service_accounts: Informer::new(),
+            replica_sets: Informer::new(),
+            deployments: Informer::new(),
+            daemon_sets: Informer::new(),
+            stateful_sets: Informer::new(),
+            controller_revisions: Informer::new(),
+            jobs: Informer::new(),
+            cron_jobs: Informer::new(),
+            node_leases: Informer::new(),
+        }
+    }
+}
+
 impl Informers {
     /// Starts one watch per kind; each informer reports synced after its first list.
     pub fn spawn(&self, client: &kube::Client, tasks: &mut JoinSet<()>) {
@@ -200,6 +223,7 @@ impl Informers {
             K: kube::Resource<DynamicType = ()>
                 + Clone
                 + serde::de::DeserializeOwned
+                + serde::Serialize
                 + std::fmt::Debug
                 + Send
                 + Sync

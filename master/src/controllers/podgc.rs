@@ -100,6 +100,15 @@ fn oldest_first(a: &Arc<Pod>, b: &Arc<Pod>) -> Ordering {
         .then_with(|| key_of(&a.metadata).cmp(&key_of(&b.metadata)))
 }
 
+/// Whether [`plan`] may pick this pod or needs to see it: terminated, terminating, or bound
+/// to a node that is not there. The collector looks only at these, so a pass does not hold
+/// every pod decoded at once.
+pub fn may_be_collected(pod: &Pod, nodes: &HashMap<String, Arc<Node>>) -> bool {
+    terminated(pod)
+        || pod.metadata.deletion_timestamp.is_some()
+        || node_name(pod).is_some_and(|node| !nodes.contains_key(node))
+}
+
 /// The pods to collect now. `missing` remembers since when each node pods are bound to has been
 /// missing from `nodes` (entries for nodes that came back or lost all pods are dropped).
 pub fn plan(
@@ -173,7 +182,6 @@ impl PodGc {
 
     /// One collection pass at `now` (the quarantine clock) and `wall` (condition timestamps).
     pub async fn run_at(&self, now: Instant, wall: Timestamp) -> Result<Action, Error> {
-        let pods = self.ctx.informers.pods.list();
         let nodes: HashMap<String, Arc<Node>> = self
             .ctx
             .informers
@@ -182,6 +190,11 @@ impl PodGc {
             .into_iter()
             .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
             .collect();
+        let pods = self
+            .ctx
+            .informers
+            .pods
+            .list_where(|pod| may_be_collected(pod, &nodes));
         let chosen = {
             let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
             plan(&pods, &nodes, &mut missing, now, self.threshold)

@@ -2,6 +2,8 @@
 //!
 //! - [`Informer`]: one watch per kind feeding a cache (the reflector) and change callbacks, shared
 //!   by every controller that reads that kind, so 30,000 pods are held once, not once per loop.
+//!   A [compact](Informer::compact) informer holds each object serialised and decodes it on
+//!   each read: a decoded k8s-openapi `Pod` costs about 7.5 KB, its JSON a fifth of that.
 //! - [`WorkQueue`]: deduplicated keys, delayed requeues and per-key exponential backoff; a key is
 //!   never reconciled by two workers at once, and a key added while it is being reconciled is
 //!   reconciled again afterwards.
@@ -22,6 +24,7 @@ use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt as _;
 use kube::Resource;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -75,9 +78,71 @@ impl<K> Change<'_, K> {
 
 type Handler<K> = Box<dyn Fn(&Change<'_, K>) + Send + Sync>;
 
+/// Labels, as in `metadata.labels`.
+pub type Labels = BTreeMap<String, String>;
+
+/// One cached object.
+enum Slot<K> {
+    /// Decoded once, shared by every reader.
+    Decoded(Arc<K>),
+    /// Serialised; decoded by each reader.
+    Compact(Arc<Compact>),
+}
+
+impl<K> Clone for Slot<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Slot::Decoded(obj) => Slot::Decoded(obj.clone()),
+            Slot::Compact(c) => Slot::Compact(c.clone()),
+        }
+    }
+}
+
+/// An object as a compact informer holds it: its JSON, its labels so that selectors pick
+/// objects without decoding the others, and its owners' UIDs for the owner index.
+struct Compact {
+    labels: Option<Labels>,
+    owners: Box<[String]>,
+    json: Box<[u8]>,
+}
+
+impl<K: Resource<DynamicType = ()> + DeserializeOwned> Slot<K> {
+    fn labels(&self) -> Option<&Labels> {
+        match self {
+            Slot::Decoded(obj) => obj.meta().labels.as_ref(),
+            Slot::Compact(c) => c.labels.as_ref(),
+        }
+    }
+
+    /// The UIDs in its `ownerReferences`.
+    fn owners(&self) -> Vec<&str> {
+        match self {
+            Slot::Decoded(obj) => owner_uids(obj.meta()).collect(),
+            Slot::Compact(c) => c.owners.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The object, decoded if need be. Decoding what this cache encoded fails only if the
+    /// type's serde implementations disagree with each other; such an object is logged and
+    /// treated as absent.
+    fn object(&self) -> Option<Arc<K>> {
+        match self {
+            Slot::Decoded(obj) => Some(obj.clone()),
+            Slot::Compact(c) => match serde_json::from_slice(&c.json) {
+                Ok(obj) => Some(Arc::new(obj)),
+                Err(e) => {
+                    tracing::error!(kind = %K::kind(&()), error = %e, "cannot decode a cached object");
+                    None
+                }
+            },
+        }
+    }
+}
+
 struct Cache<K> {
-    objects: BTreeMap<Key, Arc<K>>,
-    /// Owner UID → keys of the objects that name it in `ownerReferences`.
+    objects: BTreeMap<Key, Slot<K>>,
+    /// Owner UID → keys of the objects that name it in `ownerReferences`. Compact objects are
+    /// indexed too, so their owners find them without decoding the rest.
     by_owner: HashMap<String, BTreeSet<Key>>,
 }
 
@@ -85,6 +150,8 @@ struct InformerInner<K> {
     cache: RwLock<Cache<K>>,
     handlers: RwLock<Vec<Handler<K>>>,
     synced: tokio::sync::watch::Sender<bool>,
+    /// Hold objects serialised ([`Informer::compact`]).
+    compact: bool,
 }
 
 /// A shared cache of one kind, kept by one watch, with callbacks on every change.
@@ -105,7 +172,14 @@ impl<K> Clone for Informer<K> {
 
 impl<K> Default for Informer<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     fn default() -> Self {
         Self::new()
@@ -114,9 +188,28 @@ where
 
 impl<K> Informer<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
+    /// An informer that holds each object decoded, shared by every reader.
     pub fn new() -> Self {
+        Self::with_storage(false)
+    }
+
+    /// An informer that holds each object as JSON and decodes it on every read (`get`, `list`
+    /// …; callbacks get the decoded object as it arrives, and the old one decoded once). For
+    /// kinds with many objects and few reads per change: pods.
+    pub fn compact() -> Self {
+        Self::with_storage(true)
+    }
+
+    fn with_storage(compact: bool) -> Self {
         Informer {
             inner: Arc::new(InformerInner {
                 cache: RwLock::new(Cache {
@@ -125,8 +218,37 @@ where
                 }),
                 handlers: RwLock::new(Vec::new()),
                 synced: tokio::sync::watch::Sender::new(false),
+                compact,
             }),
         }
+    }
+
+    /// The slot that holds `obj`, and `obj` itself (decoded) for the callbacks.
+    fn slot(&self, obj: K) -> (Slot<K>, Arc<K>) {
+        let obj = Arc::new(obj);
+        if !self.inner.compact {
+            return (Slot::Decoded(obj.clone()), obj);
+        }
+        match serde_json::to_vec(&*obj) {
+            Ok(json) => {
+                let compact = Compact {
+                    labels: obj.meta().labels.clone(),
+                    owners: owner_uids(obj.meta()).map(str::to_string).collect(),
+                    json: json.into_boxed_slice(),
+                };
+                (Slot::Compact(Arc::new(compact)), obj)
+            }
+            // Serialising a k8s-openapi object cannot fail; keep it decoded if it ever does.
+            Err(e) => {
+                tracing::error!(kind = %K::kind(&()), error = %e, "cannot serialise an object; caching it decoded");
+                (Slot::Decoded(obj.clone()), obj)
+            }
+        }
+    }
+
+    /// Decodes `slots` outside the cache's lock.
+    fn objects(slots: Vec<Slot<K>>) -> Vec<Arc<K>> {
+        slots.iter().filter_map(Slot::object).collect()
     }
 
     /// Registers a callback for every change. Callbacks run on the informer's task with no lock
@@ -137,7 +259,8 @@ where
 
     /// The cached object under `key`.
     pub fn get(&self, key: &str) -> Option<Arc<K>> {
-        read(&self.inner.cache).objects.get(key).cloned()
+        let slot = read(&self.inner.cache).objects.get(key).cloned();
+        slot?.object()
     }
 
     /// The cached object `name` in `namespace` (`None` for cluster-scoped kinds).
@@ -147,31 +270,58 @@ where
 
     /// Every cached object, in key order.
     pub fn list(&self) -> Vec<Arc<K>> {
-        read(&self.inner.cache).objects.values().cloned().collect()
+        let slots = read(&self.inner.cache).objects.values().cloned().collect();
+        Self::objects(slots)
+    }
+
+    /// The cached objects for which `keep` holds, in key order. A compact informer decodes
+    /// one object at a time and keeps only those, instead of all of them at once.
+    pub fn list_where(&self, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        let slots: Vec<Slot<K>> = read(&self.inner.cache).objects.values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(Slot::object)
+            .filter(|o| keep(o))
+            .collect()
     }
 
     /// Every cached object in `namespace`, in name order.
     pub fn list_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.list_in_labelled(namespace, |_| true)
+    }
+
+    /// The cached objects in `namespace` whose labels pass `select` (`None`: no labels), in name
+    /// order. Only those are decoded.
+    pub fn list_in_labelled(
+        &self,
+        namespace: &str,
+        select: impl Fn(Option<&Labels>) -> bool,
+    ) -> Vec<Arc<K>> {
         let from = format!("{namespace}/");
         // '0' sorts right after '/', so the range is exactly the keys with this prefix.
         let to = format!("{namespace}0");
-        read(&self.inner.cache)
+        let slots = read(&self.inner.cache)
             .objects
             .range(from..to)
+            .filter(|(_, o)| select(o.labels()))
             .map(|(_, o)| o.clone())
-            .collect()
+            .collect();
+        Self::objects(slots)
     }
 
     /// The cached objects whose `ownerReferences` name the owner with this UID.
     pub fn owned_by(&self, owner_uid: &str) -> Vec<Arc<K>> {
-        let cache = read(&self.inner.cache);
-        cache
-            .by_owner
-            .get(owner_uid)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| cache.objects.get(k).cloned())
-            .collect()
+        let slots = {
+            let cache = read(&self.inner.cache);
+            cache
+                .by_owner
+                .get(owner_uid)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| cache.objects.get(k).cloned())
+                .collect()
+        };
+        Self::objects(slots)
     }
 
     /// How many objects the cache holds.
@@ -202,17 +352,18 @@ where
 
     /// Stores `obj` (added or modified) and tells the callbacks.
     pub fn apply(&self, obj: K) {
-        let new = Arc::new(obj);
+        let (slot, new) = self.slot(obj);
         let key = key_of(new.meta());
         let old = {
             let mut cache = write(&self.inner.cache);
-            let old = cache.objects.insert(key.clone(), new.clone());
+            let old = cache.objects.insert(key.clone(), slot);
             if let Some(old) = &old {
-                unindex(&mut cache.by_owner, old.meta(), &key);
+                unindex(&mut cache.by_owner, &old.owners(), &key);
             }
-            index(&mut cache.by_owner, new.meta(), &key);
+            index(&mut cache.by_owner, owner_uids(new.meta()), &key);
             old
         };
+        let old = old.and_then(|o| o.object());
         self.notify(&Change::Applied {
             old: old.as_deref(),
             new: &new,
@@ -226,12 +377,12 @@ where
             let mut cache = write(&self.inner.cache);
             let old = cache.objects.remove(&key);
             if let Some(old) = &old {
-                unindex(&mut cache.by_owner, old.meta(), &key);
+                unindex(&mut cache.by_owner, &old.owners(), &key);
             }
             old
         };
         // The last state we held, or what the watch said if we never held it.
-        match old {
+        match old.and_then(|o| o.object()) {
             Some(old) => self.notify(&Change::Deleted(&old)),
             None => self.notify(&Change::Deleted(obj)),
         }
@@ -241,12 +392,13 @@ where
     /// cached ones the list no longer has.
     pub fn replace_all(&self, objs: Vec<K>) {
         let listed: HashSet<Key> = objs.iter().map(|o| key_of(o.meta())).collect();
-        let gone: Vec<Arc<K>> = read(&self.inner.cache)
+        let gone: Vec<Slot<K>> = read(&self.inner.cache)
             .objects
             .iter()
             .filter(|(k, _)| !listed.contains(*k))
             .map(|(_, o)| o.clone())
             .collect();
+        let gone = Self::objects(gone);
         for obj in objs {
             let unchanged = self.get(&key_of(obj.meta())).is_some_and(|cur| {
                 cur.meta().resource_version.is_some()
@@ -292,21 +444,32 @@ where
     }
 }
 
-fn index(by_owner: &mut HashMap<String, BTreeSet<Key>>, meta: &ObjectMeta, key: &Key) {
-    for owner in meta.owner_references.iter().flatten() {
+fn owner_uids(meta: &ObjectMeta) -> impl Iterator<Item = &str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .map(|owner| owner.uid.as_str())
+}
+
+fn index<'a>(
+    by_owner: &mut HashMap<String, BTreeSet<Key>>,
+    owners: impl Iterator<Item = &'a str>,
+    key: &Key,
+) {
+    for uid in owners {
         by_owner
-            .entry(owner.uid.clone())
+            .entry(uid.to_string())
             .or_default()
             .insert(key.clone());
     }
 }
 
-fn unindex(by_owner: &mut HashMap<String, BTreeSet<Key>>, meta: &ObjectMeta, key: &Key) {
-    for owner in meta.owner_references.iter().flatten() {
-        if let Some(keys) = by_owner.get_mut(&owner.uid) {
+fn unindex(by_owner: &mut HashMap<String, BTreeSet<Key>>, owners: &[&str], key: &Key) {
+    for &uid in owners {
+        if let Some(keys) = by_owner.get_mut(uid) {
             keys.remove(key);
             if keys.is_empty() {
-                by_owner.remove(&owner.uid);
+                by_owner.remove(uid);
             }
         }
     }
@@ -597,9 +760,19 @@ mod tests {
         assert_eq!(split_key("node-1"), (None, "node-1"));
     }
 
+    /// Both storages, decoded and compact.
+    fn informers() -> [Informer<Pod>; 2] {
+        [Informer::new(), Informer::compact()]
+    }
+
     #[test]
     fn informer_indexes_owners_and_namespaces() {
-        let informer = Informer::<Pod>::new();
+        for informer in informers() {
+            indexes_owners_and_namespaces(informer);
+        }
+    }
+
+    fn indexes_owners_and_namespaces(informer: Informer<Pod>) {
         informer.apply(pod("a", "p1", Some("rs1"), "1"));
         informer.apply(pod("a", "p2", Some("rs1"), "2"));
         informer.apply(pod("ab", "p3", Some("rs2"), "3"));
@@ -616,8 +789,45 @@ mod tests {
     }
 
     #[test]
+    fn compact_informer_reads_back_what_it_was_given() {
+        let informer = Informer::<Pod>::compact();
+        let mut labelled = pod("a", "p1", Some("rs1"), "1");
+        labelled.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        labelled.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("n1".into()),
+            ..Default::default()
+        });
+        informer.apply(labelled.clone());
+        informer.apply(pod("a", "p2", None, "2"));
+        assert_eq!(informer.get("a/p1").as_deref(), Some(&labelled));
+        let web = |labels: Option<&Labels>| labels.is_some_and(|l| l.get("app").is_some());
+        let picked = informer.list_in_labelled("a", web);
+        assert_eq!(picked.len(), 1);
+        assert_eq!(*picked[0], labelled);
+        let unlabelled = informer.list_where(|p| p.metadata.labels.is_none());
+        assert_eq!(unlabelled.len(), 1);
+        assert_eq!(unlabelled[0].metadata.name.as_deref(), Some("p2"));
+        // Callbacks get the old object back, decoded.
+        let olds = Arc::new(Mutex::new(Vec::new()));
+        let log = olds.clone();
+        informer.on_change(move |change| {
+            if let Change::Applied { old: Some(old), .. } = change {
+                log.lock().unwrap().push((*old).clone());
+            }
+        });
+        informer.apply(pod("a", "p1", None, "3"));
+        assert_eq!(*olds.lock().unwrap(), vec![labelled]);
+        assert!(informer.owned_by("rs1").is_empty());
+    }
+
+    #[test]
     fn relist_reports_deletions_and_skips_unchanged() {
-        let informer = Informer::<Pod>::new();
+        for informer in informers() {
+            relist(informer);
+        }
+    }
+
+    fn relist(informer: Informer<Pod>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         informer.on_change(move |change| {

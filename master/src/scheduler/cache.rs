@@ -172,11 +172,16 @@ fn effective_taints(node: &Node) -> Vec<Taint> {
     taints
 }
 
-/// What the cache keeps of a pod bound (or assumed) to a node, computed once.
+/// What the cache keeps of a pod bound (or assumed) to a node, computed once. It holds no
+/// `Pod`: with tens of thousands of pods placed, a decoded copy each would dwarf the rest.
 #[derive(Debug)]
 pub struct PodInfo {
     pub key: Key,
-    pub pod: Arc<Pod>,
+    namespace: String,
+    labels: Labels,
+    uid: String,
+    /// The [`spreading_owner`]'s UID.
+    spreading_owner: Option<String>,
     pub node: NodeId,
     pub requests: Requests,
     pub host_ports: Vec<HostPort>,
@@ -190,15 +195,15 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn namespace(&self) -> &str {
-        self.pod.metadata.namespace.as_deref().unwrap_or_default()
+        &self.namespace
     }
 
     pub fn labels(&self) -> &Labels {
-        labels_of(&self.pod.metadata)
+        &self.labels
     }
 
     pub fn uid(&self) -> &str {
-        self.pod.metadata.uid.as_deref().unwrap_or_default()
+        &self.uid
     }
 }
 
@@ -308,25 +313,29 @@ impl Cache {
     }
 
     /// Places (or re-places) the pod under `key` on `node_name`.
-    pub fn add_pod(&mut self, key: Key, pod: Arc<Pod>, node_name: &str, assumed: bool) {
+    pub fn add_pod(&mut self, key: Key, pod: &Pod, node_name: &str, assumed: bool) {
         self.remove_pod(&key);
         let node = self.slot(node_name);
         let spec = pod.spec.as_ref();
+        let meta = &pod.metadata;
         let info = Arc::new(PodInfo {
             key: key.clone(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            labels: labels_of(meta).clone(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            spreading_owner: spreading_owner(pod).map(str::to_string),
             requests: spec.map(resources::pod_requests).unwrap_or_default(),
             host_ports: spec.map(resources::host_ports).unwrap_or_default(),
-            terminating: pod.metadata.deletion_timestamp.is_some(),
+            terminating: meta.deletion_timestamp.is_some(),
             assumed,
-            affinity: PodAffinityTerms::of(&pod),
+            affinity: PodAffinityTerms::of(pod),
             node,
-            pod,
         });
         if !info.terminating {
-            if let Some(owner) = spreading_owner(&info.pod) {
+            if let Some(owner) = &info.spreading_owner {
                 *self
                     .by_owner
-                    .entry(owner.to_string())
+                    .entry(owner.clone())
                     .or_default()
                     .entry(node)
                     .or_insert(0) += 1;
@@ -346,7 +355,7 @@ impl Cache {
     pub fn remove_pod(&mut self, key: &str) -> Option<Arc<PodInfo>> {
         let info = self.pods.remove(key)?;
         if !info.terminating {
-            if let Some(owner) = spreading_owner(&info.pod) {
+            if let Some(owner) = &info.spreading_owner {
                 if let Some(per_node) = self.by_owner.get_mut(owner) {
                     if let Some(n) = per_node.get_mut(&info.node) {
                         *n -= 1;

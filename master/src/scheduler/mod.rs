@@ -176,12 +176,6 @@ impl Shared {
         let mut wake = false;
         match change {
             Change::Applied { old, new } => {
-                // The informer's own Arc, so the cache shares the object instead of copying it.
-                let pod = self
-                    .pods
-                    .get(&key)
-                    .filter(|p| std::ptr::eq(p.as_ref(), *new))
-                    .unwrap_or_else(|| Arc::new((*new).clone()));
                 let mut state = self.lock();
                 if let Some(node) = bound_node(new) {
                     state.queue.remove(&key);
@@ -192,7 +186,7 @@ impl Shared {
                             wake = true;
                         }
                     } else {
-                        state.cache.add_pod(key, pod, node, false);
+                        state.cache.add_pod(key, new, node, false);
                     }
                 } else if wants_node(new) {
                     let uid = new.metadata.uid.as_deref().unwrap_or_default();
@@ -357,7 +351,7 @@ impl Shared {
         match scheduler.schedule(pod, cache, &self.namespaces) {
             Decision::Placed(id) => {
                 let node = cache.node(id).name.clone();
-                cache.add_pod(key.to_string(), pod.clone(), &node, true);
+                cache.add_pod(key.to_string(), pod, &node, true);
                 Outcome::Bind { node }
             }
             Decision::Unschedulable(message) => {

@@ -191,7 +191,7 @@ fn cache_of(nodes: &[Node], placed: &[Pod]) -> Cache {
     }
     for p in placed {
         let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
-        cache.add_pod(key_of(&p.metadata), Arc::new(p.clone()), &node, false);
+        cache.add_pod(key_of(&p.metadata), p, &node, false);
     }
     cache
 }
@@ -1166,8 +1166,7 @@ fn large_clusters_score_a_share_of_the_nodes() {
 #[test]
 fn assumed_pods_count_on_their_node() {
     let mut cache = cache_of(&[node("n1")], &[]);
-    let first = Arc::new(pod("a", "3", ""));
-    cache.add_pod("default/a".into(), first, "n1", true);
+    cache.add_pod("default/a".into(), &pod("a", "3", ""), "n1", true);
     let decision = Scheduler::new().schedule(&pod("b", "2", ""), &cache, &namespaces());
     assert!(
         matches!(decision, Decision::Unschedulable(_)),
@@ -1498,7 +1497,7 @@ fn throughput() {
         match scheduler.schedule(&p, &cache, &namespaces) {
             Decision::Placed(id) => {
                 let name = cache.node(id).name.clone();
-                cache.add_pod(key_of(&p.metadata), Arc::new(p), &name, true);
+                cache.add_pod(key_of(&p.metadata), &p, &name, true);
             }
             other => panic!("{other:?}"),
         }

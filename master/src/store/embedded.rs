@@ -404,6 +404,13 @@ impl Record {
     }
 }
 
+/// `value` in an allocation of its own size. Callers often hand over a serialiser's `Vec` (up
+/// to twice as large as its contents) or a slice of a request body, and the value lives on in
+/// the watch cache's ring: a 1.5 KB copy per write is cheaper than keeping the rest.
+fn exact(value: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(value)
+}
+
 /// A log entry: `kind u8 | key_len u32 | key | has_prev u8 | [prev record_len u32 | prev record]
 /// | new record (puts only)`. The revision is the table key.
 fn encode_log(kind: EventKind, key: &str, prev: Option<&Record>, new: Option<&Record>) -> Vec<u8> {
@@ -600,7 +607,7 @@ impl Shared {
                             let new = Record {
                                 create: revision,
                                 modified: revision,
-                                value: value.clone(),
+                                value: exact(value),
                             };
                             self.put(&mut kv, &mut log, &mut buf, key, None, &new, revision)?;
                             let kv = new.into_kv(key.clone());
@@ -623,7 +630,7 @@ impl Shared {
                             let new = Record {
                                 create: prev.create,
                                 modified: revision,
-                                value: value.clone(),
+                                value: exact(value),
                             };
                             self.put(
                                 &mut kv,
