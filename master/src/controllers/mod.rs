@@ -203,6 +203,7 @@ impl Default for Informers {
             endpoints: Informer::new(),
             endpoint_slices: Informer::new(),
             service_accounts: Informer::new(),
+            root_ca_config_maps: Informer::new(),
             replica_sets: Informer::new(),
             deployments: Informer::new(),
             daemon_sets: Informer::new(),
@@ -240,6 +241,7 @@ impl Informers {
             K: kube::Resource<DynamicType = ()>
                 + Clone
                 + serde::de::DeserializeOwned
+                + serde::Serialize
                 + std::fmt::Debug
                 + Send
                 + Sync
