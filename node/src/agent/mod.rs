@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Node, Pod, Service, Taint};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
@@ -168,6 +168,9 @@ pub struct Deps {
     /// of pods all together makes every one of them wait for the whole burst; a few at a time
     /// lets the first ones reach Running first, at the same total cost.
     pub starts: tokio::sync::Semaphore,
+    /// The `kubernetes` Service in `default`, watched (its variables go into every container,
+    /// as kubelet's service lister gives them; one watch instead of a GET per container start).
+    pub kubernetes_service: kube::runtime::reflector::Store<Service>,
 }
 
 /// Pods starting at once: `--parallel-pod-starts`, else two per CPU (the work is mostly
@@ -315,6 +318,7 @@ pub async fn run(
 
     let server_task = start_server(&args, &node_name, node_ip, &runtime).await?;
     let exe = std::env::current_exe().context("cannot find the skiff-node binary")?;
+    let (kubernetes_service, service_task) = watch_kubernetes_service(&client);
     let deps = Arc::new(Deps {
         client: client.clone(),
         runtime: runtime.clone(),
@@ -325,6 +329,7 @@ pub async fn run(
         pod_logs_dir: args.pod_logs_dir.clone(),
         log_uri: log_uri_fn(exe),
         starts: tokio::sync::Semaphore::new(parallel_starts(args.parallel_pod_starts)),
+        kubernetes_service,
     });
 
     let status_task = tokio::spawn(report_status(
@@ -342,10 +347,37 @@ pub async fn run(
     tracing::info!("stopping; running containers are left as they are");
     manager.abort();
     routes_task.abort();
+    service_task.abort();
     server_task.abort();
     status_task.abort();
     lease_task.abort();
     Ok(())
+}
+
+/// A cache of the `kubernetes` Service in `default` (empty while there is none), and the task
+/// that keeps it.
+fn watch_kubernetes_service(
+    client: &kube::Client,
+) -> (
+    kube::runtime::reflector::Store<Service>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (reader, writer) = kube::runtime::reflector::store();
+    let api: kube::Api<Service> = kube::Api::namespaced(client.clone(), "default");
+    let config = watcher::Config::default().fields("metadata.name=kubernetes");
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::debug!(error = %e, "watching service default/kubernetes");
+            }
+        }
+    });
+    (reader, task)
 }
 
 /// Writes `<root>/kubeconfig` for `--server`, `--token` and `--certificate-authority` (mode

@@ -977,13 +977,13 @@ impl Worker {
             (out.tokens, out.token_refresh) = self.fetch_tokens().await?;
         }
         // kubelet gives every container the `kubernetes` Service's variables.
-        let services: Api<Service> = Api::namespaced(self.deps.client.clone(), "default");
-        match services.get_opt("kubernetes").await {
-            Ok(service) => out.services.extend(service),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read service default/kubernetes; its variables are left out");
-            }
-        }
+        out.services.extend(
+            self.deps
+                .kubernetes_service
+                .state()
+                .iter()
+                .map(|service| Service::clone(service)),
+        );
         let ns = self.pod.metadata.namespace.as_deref().unwrap_or("default");
         let cm_api: Api<ConfigMap> = Api::namespaced(self.deps.client.clone(), ns);
         let secret_api: Api<Secret> = Api::namespaced(self.deps.client.clone(), ns);
