@@ -16,7 +16,7 @@
 //! Every phase has a count and a deadline. `--quick` runs 100 nodes and a tenth of the pods.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,9 @@ fn parse_args() -> Args {
                     std::process::exit(2);
                 }
             },
+            // Pods without the service-account token volume, as in kube-scheduler's
+            // scheduler_perf (its API server runs no ServiceAccount admission).
+            "--no-token-volume" => NO_TOKEN_VOLUME.store(true, Ordering::Relaxed),
             // cargo bench passes --bench; ignore what is not ours.
             _ => {}
         }
@@ -91,6 +94,9 @@ fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Timeline> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `--no-token-volume`: bench pods opt out of the `kube-api-access-*` volume.
+static NO_TOKEN_VOLUME: AtomicBool = AtomicBool::new(false);
+
 fn pod(name: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -104,6 +110,9 @@ fn pod(name: &str) -> Pod {
                 image: Some("registry.local/pause:1".into()),
                 ..Default::default()
             }],
+            automount_service_account_token: NO_TOKEN_VOLUME
+                .load(Ordering::Relaxed)
+                .then_some(false),
             ..Default::default()
         }),
         ..Default::default()

@@ -124,7 +124,7 @@ fn list_benches() {
         println!("  {:<9} {help}", bench.name());
     }
     println!("arguments: store and api: --backend embedded|etcd|all (default all), --quick; api also --pods N");
-    println!("           scheduler: --quick, --nodes N");
+    println!("           scheduler: --quick, --nodes N, --no-token-volume");
     println!("           node: --quick");
 }
 
