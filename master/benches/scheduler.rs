@@ -15,9 +15,8 @@
 //!
 //! Every phase has a count and a deadline. `--quick` runs 100 nodes and a tenth of the pods.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -29,7 +28,7 @@ use kube::Client;
 use skiff_master::testing::{Hollow, Master};
 
 mod common;
-use common::{cpu_seconds, histogram, max_ms, mib, ms, record, rss_bytes};
+use common::{cpu_seconds, histogram, lock, max_ms, mib, ms, record, rss_bytes, Shared, Timeline};
 
 const NS: &str = "bench-sched";
 const CLIENTS: usize = 32;
@@ -78,20 +77,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-/// When each pod was created, seen bound and seen Running (by name).
-#[derive(Default)]
-struct Timeline {
-    sent: HashMap<String, Instant>,
-    bound: HashMap<String, Instant>,
-    running: HashMap<String, Instant>,
-}
-
-type Shared = Arc<Mutex<Timeline>>;
-
-fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Timeline> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `--no-token-volume`: bench pods opt out of the `kube-api-access-*` volume.

@@ -15,9 +15,8 @@
 //! deadline; pods are deleted (grace 0) after each phase. `--quick` runs 3 sequential pods,
 //! a burst of 10 and 20 idle pods with a shorter window, for a smoke run.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -33,7 +32,7 @@ use skiff_node::testing::{self, Agent, Containerd as TestContainerd, NodeLab};
 // The histogram and `/proc` helpers are the master benchmarks' own.
 #[path = "../../master/benches/common/mod.rs"]
 mod common;
-use common::{cpu_seconds, histogram, max_ms, mib, ms, record, rss_bytes};
+use common::{cpu_seconds, histogram, lock, max_ms, mib, ms, record, rss_bytes, Shared};
 
 const NS: &str = "bench-node";
 const NODE: &str = "bench-node-1";
@@ -72,20 +71,6 @@ fn parse_args() -> Args {
         // cargo bench passes --bench; ignore what is not ours.
     }
     args
-}
-
-/// When each pod was created, and first seen bound and Running (by name).
-#[derive(Default)]
-struct Timeline {
-    sent: HashMap<String, Instant>,
-    bound: HashMap<String, Instant>,
-    running: HashMap<String, Instant>,
-}
-
-type Shared = Arc<Mutex<Timeline>>;
-
-fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Timeline> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn pod(name: &str) -> Pod {

@@ -2,9 +2,27 @@
 //! measure. Each benchmark uses a subset.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+/// When each pod was created, and first seen bound and Running (by name).
+#[derive(Default)]
+pub struct Timeline {
+    pub sent: HashMap<String, Instant>,
+    pub bound: HashMap<String, Instant>,
+    pub running: HashMap<String, Instant>,
+}
+
+/// A timeline the creating tasks and the watch share.
+pub type Shared = Arc<Mutex<Timeline>>;
+
+/// The timeline, even if a task panicked while holding it.
+pub fn lock(t: &Shared) -> MutexGuard<'_, Timeline> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
