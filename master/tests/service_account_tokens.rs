@@ -10,12 +10,7 @@ use std::time::{Duration, Instant};
 use skiff_master::testing::Master;
 
 fn kubectl(master: &Master, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&master.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl (install it with cluster/install-deps.sh)")
+    master.kubectl(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn ok(master: &Master, args: &[&str]) -> String {

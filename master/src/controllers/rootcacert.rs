@@ -122,14 +122,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) {
     };
     let queue = WorkQueue::new();
     let informers = &ctx.informers;
-    {
-        let queue = queue.clone();
-        informers.namespaces.on_change(move |change| {
-            if let Change::Applied { new, .. } = change {
-                queue.add(new.metadata.name.clone().unwrap_or_default());
-            }
-        });
-    }
+    super::serviceaccount::queue_namespaces(informers, &queue);
     {
         let queue = queue.clone();
         informers.root_ca_config_maps.on_change(move |change| {

@@ -67,18 +67,22 @@ impl Reconciler for ServiceAccountController {
     }
 }
 
+/// Queues every namespace, by name, when it is added or changes: the per-namespace loops'
+/// trigger (the default ServiceAccounts, `kube-root-ca.crt`).
+pub(super) fn queue_namespaces(informers: &super::Informers, queue: &WorkQueue) {
+    let queue = queue.clone();
+    informers.namespaces.on_change(move |change| {
+        if let Change::Applied { new, .. } = change {
+            queue.add(new.metadata.name.clone().unwrap_or_default());
+        }
+    });
+}
+
 /// Registers the callbacks and starts the loop once the caches are loaded.
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) {
     let queue = WorkQueue::new();
     let informers = &ctx.informers;
-    {
-        let queue = queue.clone();
-        informers.namespaces.on_change(move |change| {
-            if let Change::Applied { new, .. } = change {
-                queue.add(new.metadata.name.clone().unwrap_or_default());
-            }
-        });
-    }
+    queue_namespaces(informers, &queue);
     {
         let queue = queue.clone();
         informers.service_accounts.on_change(move |change| {
