@@ -248,7 +248,7 @@ pub async fn busybox_snapshot(
 /// Address ranges and a bridge of one test's own, so tests on one machine never share them,
 /// and the routes the agent installed for them are removed afterwards.
 pub struct NodeLab {
-    /// The cluster's pod range (`10.<200+n>.0.0/16`).
+    /// The cluster's pod range (`10.<200+n>.0.0/16`, n < 44).
     pub cluster_cidr: String,
     /// The Service range (`172.<16+n>.0.0/16`).
     pub service_cidr: String,
@@ -257,11 +257,14 @@ pub struct NodeLab {
 }
 
 impl NodeLab {
-    /// A lab with ranges no other running test uses (by PID and a process-wide counter).
+    /// A lab with ranges no other running test uses (by PID and a process-wide counter). The
+    /// pod ranges stop at 10.243: 10.244.0.0/16 is the default cluster range (`cargo xtask up`'s
+    /// and many clusters'), and a node of a real cluster on the same host routes it to its own
+    /// bridge.
     pub fn new() -> NodeLab {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n =
-            (std::process::id() + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 7) % 50;
+            (std::process::id() + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 7) % 44;
         NodeLab {
             cluster_cidr: format!("10.{}.0.0/16", 200 + n),
             service_cidr: format!("172.{}.0.0/16", 16 + n % 16),
