@@ -245,6 +245,22 @@ pub async fn busybox_snapshot(
     Ok(())
 }
 
+/// Polls `check` every 250 ms until it holds (true) or `timeout` passes (false).
+pub async fn poll_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
 /// Address ranges and a bridge of one test's own, so tests on one machine never share them,
 /// and the routes the agent installed for them are removed afterwards.
 pub struct NodeLab {

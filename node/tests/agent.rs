@@ -97,17 +97,13 @@ async fn cluster_joined(by_token: bool) -> Cluster {
 }
 
 impl Cluster {
-    async fn until<F, Fut>(&self, what: &str, mut check: F)
+    async fn until<F, Fut>(&self, what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        if testing::poll_until(WAIT, check).await {
+            return;
         }
         let pods = self
             .master

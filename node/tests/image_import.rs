@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
@@ -38,17 +38,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-async fn until<F, Fut>(what: &str, agent: &Agent, master: &Master, mut check: F)
+async fn until<F, Fut>(what: &str, agent: &Agent, master: &Master, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    if testing::poll_until(WAIT, check).await {
+        return;
     }
     panic!(
         "timed out waiting until {what}\n--- agent log ---\n{}\n--- master log ---\n{}",
