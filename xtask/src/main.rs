@@ -102,13 +102,13 @@ impl Bench {
         }
     }
 
-    /// The package and the bench target in its Cargo.toml.
-    fn target(self) -> (&'static str, &'static str) {
+    /// The bench target's name (unique in the workspace).
+    fn target(self) -> &'static str {
         match self {
-            Bench::Store => ("skiff-master", "store"),
-            Bench::Api => ("skiff-master", "api"),
-            Bench::Scheduler => ("skiff-master", "scheduler"),
-            Bench::Node => ("skiff-node", "pod_start"),
+            Bench::Store => "store",
+            Bench::Api => "api",
+            Bench::Scheduler => "scheduler",
+            Bench::Node => "pod_start",
         }
     }
 }
@@ -201,17 +201,11 @@ fn main() -> anyhow::Result<()> {
             install_deps(&root)?;
             // The benchmarks start both binaries from target/release: the master ones run
             // hollow nodes (skiff-node beside skiff-master), the node one a real master. `cargo
-            // bench` builds only its own package's binaries, so both are built here first.
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "skiff-master",
-                "--package",
-                "skiff-node",
-            ])?;
-            let (package, target) = which.target();
-            let mut cmd = vec!["bench", "--package", package, "--bench", target, "--"];
+            // bench` builds only its own package's binaries, so all are built here first, with
+            // the same package set and targets as `cargo xtask test`: features unify the same
+            // way, so tests and benchmarks share one build of the dependencies.
+            cargo(&["build", "--release", "--workspace", "--all-targets"])?;
+            let mut cmd = vec!["bench", "--workspace", "--bench", which.target(), "--"];
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd)
         }
