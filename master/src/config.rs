@@ -45,7 +45,7 @@ pub struct Config {
 
     /// The embedded store's page cache, in MiB: an upper bound on the store's resident pages
     /// (ignored with `--etcd-servers`).
-    #[arg(long, env = "SKIFF_STORE_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SKIFF_STORE_CACHE_MIB", default_value_t = (crate::store::embedded::DEFAULT_CACHE_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub store_cache_mib: u32,
 
     /// How often the store's history is compacted to the revision seen one interval earlier
@@ -233,21 +233,21 @@ mod tests {
             &[],
             Ok(Backend::Embedded {
                 path: "/var/lib/skiff/state.redb".into(),
-                cache_bytes: 64 << 20,
+                cache_bytes: 16 << 20,
             }),
         );
         check(
             &["--data-dir", "/tmp/x"],
             Ok(Backend::Embedded {
                 path: "/tmp/x/state.redb".into(),
-                cache_bytes: 64 << 20,
+                cache_bytes: 16 << 20,
             }),
         );
         check(
-            &["--store-cache-mib", "16"],
+            &["--store-cache-mib", "48"],
             Ok(Backend::Embedded {
                 path: "/var/lib/skiff/state.redb".into(),
-                cache_bytes: 16 << 20,
+                cache_bytes: 48 << 20,
             }),
         );
         check(
@@ -303,7 +303,7 @@ mod tests {
         let embedded = || {
             Ok(Backend::Embedded {
                 path: "/var/lib/skiff/state.redb".into(),
-                cache_bytes: 64 << 20,
+                cache_bytes: 16 << 20,
             })
         };
         check(&["--service-cluster-ip-range", "10.0.0.0/16"], embedded());
