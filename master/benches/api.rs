@@ -1,5 +1,5 @@
 //! The API server benchmark: `cargo xtask bench api [-- --backend embedded|etcd|all] [--quick]
-//! [--pods N]`.
+//! [--pods N] [--with-controllers]`.
 //!
 //! For each backend it starts a real `skiff-master` (the release binary cargo builds for this
 //! benchmark, or `$SKIFF_MASTER_BIN`) on loopback, on its embedded store or on a private etcd,
@@ -71,6 +71,11 @@ struct Args {
     backends: Vec<String>,
     quick: bool,
     pods: Option<usize>,
+    /// `--with-controllers`: run the master's scheduler and controllers too. By default the
+    /// master serves the API alone (`--controllers=`), as kube-apiserver is measured without
+    /// kube-scheduler and kube-controller-manager: with no nodes, the scheduler would write an
+    /// Unschedulable condition and an Event for every pod created.
+    with_controllers: bool,
 }
 
 fn parse_args() -> Args {
@@ -78,6 +83,7 @@ fn parse_args() -> Args {
         backends: vec!["embedded".into(), "etcd".into()],
         quick: false,
         pods: None,
+        with_controllers: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -91,6 +97,7 @@ fn parse_args() -> Args {
                 }
             },
             "--quick" => args.quick = true,
+            "--with-controllers" => args.with_controllers = true,
             "--pods" => match it.next().and_then(|n| n.parse::<usize>().ok()) {
                 Some(n) if n >= LIST_NS_PODS => args.pods = Some(n),
                 _ => {
@@ -734,7 +741,11 @@ fn master_binary() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_skiff-master").into())
 }
 
-async fn bench_backend(backend: &str, scale: &Scale) -> anyhow::Result<Vec<Row>> {
+async fn bench_backend(
+    backend: &str,
+    scale: &Scale,
+    with_controllers: bool,
+) -> anyhow::Result<Vec<Row>> {
     let embedded = backend == "embedded";
     let etcd = if embedded {
         None
@@ -746,7 +757,13 @@ async fn bench_backend(backend: &str, scale: &Scale) -> anyhow::Result<Vec<Row>>
         )
     };
     let binary = master_binary();
-    let master = testing::Master::start(&binary, etcd.as_ref().map(|e| e.endpoint.as_str()), &[])?;
+    let flags: &[&str] = if with_controllers {
+        &[]
+    } else {
+        &["--controllers="]
+    };
+    let master =
+        testing::Master::start(&binary, etcd.as_ref().map(|e| e.endpoint.as_str()), flags)?;
     let pid = master.pid();
     println!(
         "\n== backend: {}",
@@ -1010,15 +1027,20 @@ async fn main() {
     let scale = Scale::new(&args);
     println!("API server benchmark: {}", machine());
     println!(
-        "client: the kube crate (v5; HTTP/1.1 over TLS, one connection per client); {} pods, {CLIENTS} clients{}",
+        "client: the kube crate (v5; HTTP/1.1 over TLS, one connection per client); {} pods, {CLIENTS} clients{}; {}",
         scale.pods,
-        if args.quick { " (--quick)" } else { "" }
+        if args.quick { " (--quick)" } else { "" },
+        if args.with_controllers {
+            "master with its scheduler and controllers"
+        } else {
+            "master serving the API alone (--controllers=)"
+        }
     );
     let mut tables = Vec::new();
     let mut failed = false;
     for backend in &args.backends {
         let started = Instant::now();
-        match bench_backend(backend, &scale).await {
+        match bench_backend(backend, &scale, args.with_controllers).await {
             Ok(rows) => tables.push((backend.clone(), rows)),
             Err(e) => {
                 println!("backend {backend} FAILED: {e:#}");

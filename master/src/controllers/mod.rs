@@ -369,13 +369,19 @@ pub fn start(client: kube::Client, config: Arc<Config>, instance: String) -> Joi
         ("garbagecollector", garbagecollector::start),
         ("podgc", podgc::start),
     ];
+    let mut started = 0;
     for (name, start) in loops {
         if ctx.config.enabled(name) {
             start(&ctx, &mut tasks);
             tracing::info!(controller = name, "started");
+            started += 1;
         }
     }
-    ctx.informers.spawn(&client, &mut tasks);
+    // With no loop (`--controllers=`, the API server alone) nothing reads the caches: keeping
+    // them would hold every pod a second time.
+    if started > 0 {
+        ctx.informers.spawn(&client, &mut tasks);
+    }
     tasks
 }
 
