@@ -123,7 +123,7 @@ fn list_benches() {
             .unwrap_or_default();
         println!("  {:<9} {help}", bench.name());
     }
-    println!("arguments: store and api: --backend embedded|etcd|all (default all), --quick; api also --pods N");
+    println!("arguments: store and api: --backend embedded|etcd|all (default all), --quick; api also --pods N, --with-controllers");
     println!("           scheduler: --quick, --nodes N, --no-token-volume");
     println!("           node: --quick");
 }
