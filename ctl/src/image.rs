@@ -261,7 +261,26 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Streams the archive to `node`; returns the image names it imported.
+///
+/// The node's `/healthz` is asked first: the API server answers for an unknown or unreachable
+/// node before reading the request's body, so an upload to one would break off mid-body with
+/// a broken pipe instead of that answer.
 async fn send(upload: Upload, node: &str, file: &Path, size: u64) -> anyhow::Result<Vec<String>> {
+    let probe = Request::get(format!("/api/v1/nodes/{node}/proxy/healthz"))
+        .header(http::header::ACCEPT, "application/json")
+        .body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .context("cannot build the request")?;
+    let (status, body) = exchange(upload.clone(), probe, node, file).await?;
+    if !status.is_success() {
+        let message = interpret(node, file, status, &body)
+            .err()
+            .unwrap_or_else(|| format!("node {node} answered its health check with {status}"));
+        anyhow::bail!(message);
+    }
     let opened = tokio::fs::File::open(file)
         .await
         .with_context(|| format!("cannot open {}", file.display()))?;
@@ -271,6 +290,17 @@ async fn send(upload: Upload, node: &str, file: &Path, size: u64) -> anyhow::Res
         .header(http::header::ACCEPT, "application/json")
         .body(file_body(opened))
         .context("cannot build the request")?;
+    let (status, body) = exchange(upload, request, node, file).await?;
+    interpret(node, file, status, &body).map_err(|message| anyhow::anyhow!(message))
+}
+
+/// Sends `request` and reads the answer's status and (small) body.
+async fn exchange(
+    upload: Upload,
+    request: Request<UploadBody>,
+    node: &str,
+    file: &Path,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let response = upload.oneshot(request).await.map_err(|e| {
         anyhow::anyhow!(
             "node {node}: cannot send {} to the API server ({})",
@@ -285,7 +315,7 @@ async fn send(upload: Upload, node: &str, file: &Path, size: u64) -> anyhow::Res
         .await
         .map(|b| b.to_bytes())
         .map_err(|e| anyhow::anyhow!("node {node}: the answer broke off ({e})"))?;
-    interpret(node, file, status, &body).map_err(|message| anyhow::anyhow!(message))
+    Ok((status, body))
 }
 
 /// The archive as a body of [`PIECE`]-sized frames read on demand.
