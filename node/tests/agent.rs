@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use skiff_master::testing::Master;
+use skiff_node::runtime::containers::POD_NAME_LABEL;
 use skiff_node::runtime::images;
 use skiff_node::testing::{self, Agent, Containerd as TestContainerd, NodeLab};
 
@@ -473,6 +474,9 @@ spec:
   - name: app
     image: skiff.test/busybox:1
     command: ["sleep", "3600"]
+  - name: side
+    image: skiff.test/busybox:1
+    command: ["sleep", "3600"]
 ---
 apiVersion: v1
 kind: Pod
@@ -515,7 +519,29 @@ async fn a_killed_agent_comes_back_to_the_same_containers() {
         v
     };
     let before = pids(&runtime.list_containers(&[]).await.expect("list"));
-    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(before.len(), 3, "{before:?}");
+    // A pod's containers share one shim (the parent of their init processes), as under CRI;
+    // another pod has its own.
+    let shim_of = |pid: u32| parent_pid(pid).unwrap_or_else(|| panic!("no parent for {pid}"));
+    let records = runtime.list_containers(&[]).await.expect("list");
+    let shims_of = |pod_name: &str| -> Vec<u32> {
+        records
+            .iter()
+            .filter(|r| r.label(POD_NAME_LABEL) == pod_name)
+            .filter_map(|r| match r.state {
+                skiff_node::runtime::containers::TaskState::Running { pid } => Some(shim_of(pid)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (keeper_shims, goner_shims) = (shims_of("keeper"), shims_of("goner"));
+    assert_eq!(keeper_shims.len(), 2, "{records:?}");
+    assert_eq!(
+        keeper_shims[0], keeper_shims[1],
+        "keeper's containers have two shims"
+    );
+    assert_eq!(goner_shims.len(), 1, "{records:?}");
+    assert_ne!(goner_shims[0], keeper_shims[0], "two pods share a shim");
     let keeper_before = first_status(&pod(&c, "keeper").await.expect("keeper")).expect("status");
 
     // kill -9 the agent; while it is away, force-delete one pod (as `kubectl delete --force`).
@@ -531,20 +557,22 @@ async fn a_killed_agent_comes_back_to_the_same_containers() {
 
     // The restarted agent keeps the survivor's container (same ID, PID, restart count) and
     // removes the orphan's.
-    c.until("only the keeper's container is left", || async {
+    c.until("only the keeper's containers are left", || async {
         runtime
             .list_containers(&[])
             .await
-            .map(|l| l.len() == 1)
+            .map(|l| l.len() == 2)
             .unwrap_or(false)
     })
     .await;
     let after = pids(&runtime.list_containers(&[]).await.expect("list"));
-    assert_eq!(after.len(), 1);
-    assert!(
-        before.contains(&after[0]),
-        "{after:?} was not running before: {before:?}"
-    );
+    assert_eq!(after.len(), 2);
+    for container in &after {
+        assert!(
+            before.contains(container),
+            "{container:?} was not running before: {before:?}"
+        );
+    }
     // The agent is back at work: the node's Lease and the pod's status stay right.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let keeper = pod(&c, "keeper").await.expect("keeper");
@@ -556,6 +584,15 @@ async fn a_killed_agent_comes_back_to_the_same_containers() {
         keeper.status.and_then(|s| s.phase).as_deref(),
         Some("Running")
     );
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/status`.
+fn parent_pid(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 const TALKER: &str = r#"

@@ -39,6 +39,7 @@ use crate::runtime::containers::{
 };
 use crate::runtime::images::{self, ImageInfo, PullPolicy, Reference, RegistryAuth};
 use crate::runtime::spec::{self, ContainerSpec, Limits};
+use crate::runtime::SHIM_GROUP_ANNOTATION;
 
 /// A container that ran this long before it exited restarts without backoff (kubelet's reset).
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -877,7 +878,13 @@ impl Worker {
             privileged: security.privileged.unwrap_or(false),
             no_new_privileges: security.allow_privilege_escalation == Some(false),
             terminal: container.tty.unwrap_or(false),
-            annotations: Vec::new(),
+            annotations: self
+                .pod
+                .metadata
+                .uid
+                .iter()
+                .map(|uid| (SHIM_GROUP_ANNOTATION.to_string(), uid.clone()))
+                .collect(),
         };
         let spec = spec::runtime_spec(&c);
         let process = spec["process"].clone();

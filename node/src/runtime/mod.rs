@@ -16,6 +16,11 @@ use containerd_client::Client;
 /// The containerd namespace of everything the agent creates (images, containers, snapshots).
 pub const NAMESPACE: &str = "skiff";
 
+/// The OCI annotation that groups containers into one `containerd-shim-runc-v2` (the shim reads
+/// it when it starts, as it reads CRI's `io.kubernetes.cri.sandbox-id`). The agent sets it to
+/// the pod's UID, so a pod's containers share one shim, as they do under containerd's CRI.
+pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+
 /// The default containerd socket (`--containerd-address`).
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
 
