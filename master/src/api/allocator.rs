@@ -1130,6 +1130,7 @@ impl Allocator {
                     limit: Some(PAGE),
                     continue_token: continue_token.take(),
                     revision: None,
+                    skip_count: true,
                 })
                 .await?;
             kvs.extend(page.kvs);

@@ -629,6 +629,8 @@ async fn list(
             limit,
             continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
             revision,
+            // A client's page carries `remainingItemCount`.
+            skip_count: false,
         })
         .await
         .map_err(|e| match e {
@@ -715,6 +717,7 @@ async fn stream_list(state: Arc<AppState>, target: Target) -> Result<Response, A
         .range(RangeRequest {
             prefix: prefix.clone(),
             limit: Some(LIST_CHUNK),
+            skip_count: true,
             ..Default::default()
         })
         .await?;
@@ -739,6 +742,7 @@ async fn stream_list(state: Arc<AppState>, target: Target) -> Result<Response, A
                     limit: Some(LIST_CHUNK),
                     continue_token: Some(token),
                     revision: None,
+                    skip_count: true,
                 };
                 match store.range(request).await {
                     Ok(page) => {

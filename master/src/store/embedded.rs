@@ -827,10 +827,13 @@ impl Shared {
                     }
                     pending.next().and_then(|(_, kv)| kv)
                 }
-                // Past the page only the count matters: skip decoding.
+                // Past the page only the count matters: skip decoding, or stop if not counting.
                 (Some(_), _) if kvs.len() >= limit => {
                     latest.next();
                     total += 1;
+                    if request.skip_count {
+                        break;
+                    }
                     continue;
                 }
                 (Some(l), _) => {
@@ -845,6 +848,8 @@ impl Shared {
                 total += 1;
                 if kvs.len() < limit {
                     kvs.push(item);
+                } else if request.skip_count {
+                    break;
                 }
             }
         }
@@ -860,7 +865,7 @@ impl Shared {
                 ),
                 _ => None,
             },
-            remaining: more.then(|| total - kvs.len() as u64),
+            remaining: (more && !request.skip_count).then(|| total - kvs.len() as u64),
             kvs,
             revision,
         })

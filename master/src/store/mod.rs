@@ -85,6 +85,10 @@ pub struct RangeRequest {
     pub continue_token: Option<String>,
     /// Read at this revision instead of the latest.
     pub revision: Option<Revision>,
+    /// The caller does not need [`RangeResponse::remaining`] (a list the server pages for
+    /// itself): a backend may leave it unset and stop reading at the page's end, instead of
+    /// walking the rest of the range to count it.
+    pub skip_count: bool,
 }
 
 /// What a range returns.

@@ -270,6 +270,7 @@ mod cases {
             limit: Some(10),
             continue_token: token,
             revision: None,
+            skip_count: false,
         };
         let first = store.range(page(None)).await.unwrap();
         assert_eq!(first.kvs.len(), 10);
@@ -306,6 +307,29 @@ mod cases {
         assert_eq!(fresh.kvs.len(), 25);
         assert!(fresh.kvs.iter().any(|kv| kv.key == "/p/13a"));
         assert!(!fresh.kvs.iter().any(|kv| kv.key == "/p/15"));
+        // Pages that skip the count hold the same keys, and go on to the same end.
+        let mut token = None;
+        let mut uncounted = Vec::new();
+        for _ in 0..10 {
+            let page = store
+                .range(RangeRequest {
+                    prefix: "/p/".into(),
+                    limit: Some(7),
+                    continue_token: token,
+                    skip_count: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert!(page.kvs.len() <= 7);
+            uncounted.extend(page.kvs);
+            token = page.continue_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        assert_eq!(token, None, "still paging after 10 pages");
+        assert_eq!(uncounted, fresh.kvs);
     }
 
     pub async fn range_at_an_older_revision_sees_the_past(store: &dyn Store) {
@@ -364,6 +388,7 @@ mod cases {
                     continue_token: Some(token),
                     revision,
                     limit: Some(1),
+                    skip_count: false,
                 })
                 .await;
             assert!(
