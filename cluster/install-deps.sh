@@ -14,12 +14,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------------
-# containerd/runc run pods; etcd is the HA store and the store conformance suite's second backend;
+# containerd with crun (or runc) runs pods; etcd is the HA store and the store conformance suite's second backend;
 # protobuf-compiler builds the etcd and containerd gRPC clients; the rest serve the node agent,
 # the eBPF load balancer, its comparisons (iptables, ipvs) and the test images.
 PACKAGES=(
     ca-certificates curl git build-essential pkg-config protobuf-compiler libprotobuf-dev
-    containerd runc containernetworking-plugins
+    containerd runc crun containernetworking-plugins
     etcd-server etcd-client
     iproute2 iptables ipvsadm nftables bpftool
     busybox-static
@@ -83,5 +83,19 @@ fi
 
 # --- The kernel's filesystems the node agent uses ---------------------------------------------
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || log "could not mount bpffs at /sys/fs/bpf"
+
+# crun, the node agent's OCI runtime when it is installed, refuses a hybrid cgroup layout (v1
+# controllers plus a cgroup2 hierarchy) that leaves some controller on the cgroup2 side. systemd
+# mounts every controller as v1 in hybrid mode; do the same for hosts whose init did not (this
+# VM kind leaves hugetlb on cgroup2). Where it cannot, the agent falls back to runc and says so.
+if [ ! -e /sys/fs/cgroup/cgroup.controllers ] && [ -r /sys/fs/cgroup/unified/cgroup.controllers ]; then
+    for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
+        if mkdir -p "/sys/fs/cgroup/$c" && mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"; then
+            log "mounted the $c cgroup controller as v1 at /sys/fs/cgroup/$c (for crun)"
+        else
+            log "could not mount the $c cgroup controller as v1; the node agent will use runc"
+        fi
+    done
+fi
 
 log "done"

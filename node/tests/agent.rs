@@ -30,6 +30,11 @@ async fn cluster() -> Cluster {
 /// A cluster whose node joins with `--server`, `--token` and `--certificate-authority` (the
 /// master's `pki/admin.token` and `pki/ca.crt`) when `by_token`, else with the kubeconfig.
 async fn cluster_joined(by_token: bool) -> Cluster {
+    cluster_with(by_token, &[]).await
+}
+
+/// [`cluster_joined`], with more flags for the agent.
+async fn cluster_with(by_token: bool, agent_flags: &[&str]) -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let lab = NodeLab::new();
     let containerd = TestContainerd::start().expect("containerd");
@@ -52,7 +57,7 @@ async fn cluster_joined(by_token: bool) -> Cluster {
     let pki = master.dir().join("pki");
     let token = std::fs::read_to_string(pki.join("admin.token")).unwrap_or_default();
     let ca = pki.join("ca.crt").display().to_string();
-    let join: Vec<&str> = if by_token {
+    let mut join: Vec<&str> = if by_token {
         vec![
             "--server",
             &master.url,
@@ -64,6 +69,7 @@ async fn cluster_joined(by_token: bool) -> Cluster {
     } else {
         Vec::new()
     };
+    join.extend_from_slice(agent_flags);
     let agent = Agent::start(
         env!("CARGO_BIN_EXE_skiff-node").as_ref(),
         // With --server, the agent writes its own kubeconfig and ignores this one.
@@ -299,6 +305,70 @@ async fn a_deployment_serves_http_from_its_pod_ips() {
             .unwrap_or(false)
     })
     .await;
+}
+
+const SLEEPER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sleeper}
+spec:
+  containers:
+  - name: app
+    image: skiff.test/busybox:1
+    command: ["sleep", "3600"]
+"#;
+
+/// `--oci-runtime auto` (the default) runs containers with crun where this host allows it
+/// (what `oci::choose` decides here: crun once `cluster/install-deps.sh` has run), and
+/// `--oci-runtime runc` with runc; either way the pod runs and its container records the
+/// runtime in its options.
+#[tokio::test]
+async fn containers_run_with_the_chosen_oci_runtime() {
+    use skiff_node::runtime::oci::{self, OciRuntime};
+    let (auto, why) = oci::choose("auto").expect("auto always chooses");
+    eprintln!("auto chooses {} here: {why}", auto.name());
+    for (flags, expected) in [
+        (&["--oci-runtime", "runc"][..], OciRuntime::Runc),
+        (&["--oci-runtime", "auto"][..], auto.clone()),
+    ] {
+        let c = cluster_with(false, flags).await;
+        c.apply(SLEEPER);
+        c.until("the sleeper is Running", || async {
+            pod(&c, "sleeper")
+                .await
+                .is_some_and(|p| p.status.and_then(|s| s.phase).as_deref() == Some("Running"))
+        })
+        .await;
+        let runtime = skiff_node::runtime::Containerd::connect(c.containerd.address())
+            .await
+            .expect("connect");
+        let records = runtime.list_containers(&[]).await.expect("list");
+        assert_eq!(records.len(), 1, "{records:?}");
+        let container = runtime
+            .client()
+            .containers()
+            .get(
+                runtime.request(containerd_client::services::v1::GetContainerRequest {
+                    id: records[0].id.clone(),
+                }),
+            )
+            .await
+            .expect("get the container")
+            .into_inner()
+            .container
+            .expect("a container");
+        assert_eq!(
+            container.runtime.and_then(|r| r.options),
+            expected.options(),
+            "{flags:?}: the container's runtime options"
+        );
+        // The runtime really ran it: the task is up, with a process.
+        let state = runtime.task_state(&records[0].id).await.expect("state");
+        assert!(
+            matches!(state, skiff_node::runtime::containers::TaskState::Running { pid } if pid > 0),
+            "{flags:?}: {state:?}"
+        );
+    }
 }
 
 /// The pod's first container status.

@@ -123,6 +123,10 @@ pub struct Args {
     /// 0: no limit).
     #[arg(long, env = "SKIFF_PARALLEL_POD_STARTS")]
     pub parallel_pod_starts: Option<usize>,
+    /// The OCI runtime containers run with: `auto` (crun when installed and the host's cgroup
+    /// layout allows it, else runc), `runc`, `crun`, or a path to a runc-compatible binary.
+    #[arg(long, env = "SKIFF_OCI_RUNTIME", default_value = "auto")]
+    pub oci_runtime: String,
     /// OCI image archives (`*.tar`) imported into containerd at start, like k3s's
     /// `agent/images` (a missing directory imports nothing).
     #[arg(
@@ -239,7 +243,11 @@ pub async fn run(
     let client = crate::hollow::connect(&args.kubeconfig)
         .await
         .with_context(|| format!("cannot reach the master with {}", args.kubeconfig.display()))?;
-    let runtime = Containerd::connect(&args.containerd_address).await?;
+    let (oci, why) = crate::runtime::oci::choose(&args.oci_runtime)?;
+    tracing::info!(oci_runtime = oci.name(), reason = %why, "containers run with {}", oci.name());
+    let runtime = Containerd::connect(&args.containerd_address)
+        .await?
+        .with_oci_runtime(oci);
     let runtime_version = runtime_version(&runtime).await;
     match crate::runtime::images::import_dir(&runtime, &args.image_preload_dir).await {
         Ok(names) if !names.is_empty() => tracing::info!(?names, "preloaded images"),

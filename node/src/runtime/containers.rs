@@ -149,7 +149,7 @@ impl Containerd {
             image: image.into(),
             runtime: Some(Runtime {
                 name: RUNTIME.into(),
-                options: None,
+                options: self.oci.options(),
             }),
             spec: Some(Any {
                 type_url: SPEC_TYPE_URL.into(),

@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod images;
+pub mod oci;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ pub struct Containerd {
     /// Images already resolved to what runs them (config, chain ID), by name; an entry holds
     /// while containerd's image keeps the same target digest (see `images::ensure_image`).
     resolved: std::sync::Arc<std::sync::Mutex<HashMap<String, images::ImageInfo>>>,
+    /// The OCI runtime new containers run with (runc unless [`with_oci_runtime`](Self::with_oci_runtime)).
+    oci: oci::OciRuntime,
 }
 
 impl Containerd {
@@ -57,7 +60,14 @@ impl Containerd {
             client: std::sync::Arc::new(client),
             namespace: namespace.to_string(),
             resolved: Default::default(),
+            oci: oci::OciRuntime::Runc,
         })
+    }
+
+    /// New containers run with `oci` (containers that exist keep theirs).
+    pub fn with_oci_runtime(mut self, oci: oci::OciRuntime) -> Containerd {
+        self.oci = oci;
+        self
     }
 
     /// The resolved image `name` if it still has the target `digest`.
