@@ -368,6 +368,36 @@ async fn containers_run_with_the_chosen_oci_runtime() {
             matches!(state, skiff_node::runtime::containers::TaskState::Running { pid } if pid > 0),
             "{flags:?}: {state:?}"
         );
+        // On a v1 host the container's cpuset was cloned from the QoS parents the agent made,
+        // not written by the runtime (see runtime::cgroups).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        if let (Some(root), skiff_node::runtime::containers::TaskState::Running { pid }) = (
+            skiff_node::runtime::cgroups::v1_mount(&mounts, "cpuset"),
+            state,
+        ) {
+            let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+            let path = own
+                .lines()
+                .find_map(|l| l.split_once(":cpuset:").map(|(_, p)| p.to_owned()))
+                .expect("the container is in a cpuset");
+            assert!(path.starts_with("/kubepods/besteffort/pod"), "{path}");
+            let dir = root.join(path.trim_start_matches('/'));
+            let read = |p: std::path::PathBuf| {
+                std::fs::read_to_string(&p).expect("read").trim().to_owned()
+            };
+            for level in [dir.parent().expect("pod level"), &dir] {
+                assert_eq!(
+                    read(level.join("cgroup.clone_children")),
+                    "1",
+                    "{}",
+                    level.display()
+                );
+                assert_eq!(
+                    read(level.join("cpuset.cpus")),
+                    read(root.join("cpuset.cpus"))
+                );
+            }
+        }
     }
 }
 

@@ -245,6 +245,12 @@ pub async fn run(
         .with_context(|| format!("cannot reach the master with {}", args.kubeconfig.display()))?;
     let (oci, why) = crate::runtime::oci::choose(&args.oci_runtime)?;
     tracing::info!(oci_runtime = oci.name(), reason = %why, "containers run with {}", oci.name());
+    match crate::runtime::cgroups::prepare_cpuset() {
+        Ok(Some(root)) => tracing::debug!(cpuset = %root.display(), "QoS cgroups ready"),
+        Ok(None) => {}
+        // Containers still start (the runtime makes the levels); each just costs more.
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prepare the QoS cpusets"),
+    }
     let runtime = Containerd::connect(&args.containerd_address)
         .await?
         .with_oci_runtime(oci);

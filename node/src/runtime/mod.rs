@@ -3,6 +3,7 @@
 //! Everything Skiff makes lives in one containerd namespace, [`NAMESPACE`], so `ctr -n skiff
 //! containers ls` shows exactly the agent's containers and nothing of other tenants is touched.
 
+pub mod cgroups;
 pub mod containers;
 pub mod images;
 pub mod oci;
